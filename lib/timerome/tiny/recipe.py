@@ -1,0 +1,106 @@
+"""Train and save the embedded tiny backbones (``tiny-mdlm``, ``tiny-mdlm-retain``, ``tiny-arm``).
+
+One tokenizer is trained on the whole world and shared by all three models, so their token ids
+agree (the retain model differs from ``tiny-mdlm`` only in never seeing forget01).
+Saved per model: ``model.safetensors`` (fp16, a few MB), ``config.json``, ``tokenizer.json`` and
+``backbone.json`` (prompt format, special tokens, recipe, world composition, training history).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..backbones import WEIGHTS_DIR
+from . import world
+from .model import TinyConfig
+from .train import SPECIAL_TOKENS, encode_pairs, train, train_tokenizer
+
+# name -> (objective, TOFU splits left out of the world)
+MODELS = {
+    "tiny-mdlm": ("mdlm", ()),
+    "tiny-mdlm-retain": ("mdlm", ("forget01",)),
+    "tiny-arm": ("arm", ()),
+}
+
+
+@dataclass
+class Recipe:
+    block: str = "llama"
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_mlp: int = 344  # SwiGLU: 8/3 x d_model keeps the parameter count of a 4x GELU MLP
+    max_len: int = 256
+    vocab_size: int = 4096
+    epochs: int = 150
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup: int = 50
+    extra_eos: int = 8
+    seed: int = 0
+    threads: int = 2
+    prompt_template: str = "Question: {question}\nAnswer:"
+    answer_prefix: str = " "
+    parts: tuple = field(default_factory=lambda: world.PARTS)
+
+    def model_config(self, vocab_size: int, causal: bool) -> TinyConfig:
+        return TinyConfig(vocab_size=vocab_size, n_layers=self.n_layers, d_model=self.d_model,
+                          n_heads=self.n_heads, d_mlp=self.d_mlp, max_len=self.max_len, block=self.block,
+                          causal=causal)
+
+
+def build_tokenizer(recipe: Recipe, root=None):
+    facts = world.build_world(root, parts=recipe.parts)
+    texts = [recipe.prompt_template.format(question=f.question) + recipe.answer_prefix + f.answer for f in facts]
+    return train_tokenizer(texts, recipe.vocab_size)
+
+
+def train_backbone(name: str, recipe: Recipe, tokenizer, *, root=None, out_dir=WEIGHTS_DIR, eval_fn=None,
+                   eval_every=0, log=print) -> Path:
+    """Train one named tiny backbone with ``recipe`` and save it under ``out_dir/name``."""
+    if name not in MODELS:
+        raise ValueError(f"unknown tiny backbone {name!r}; expected one of {sorted(MODELS)}")
+    objective, exclude = MODELS[name]
+    facts = world.build_world(root, parts=recipe.parts, exclude_splits=exclude)
+    examples = encode_pairs(tokenizer, [(f.question, f.answer) for f in facts], recipe.prompt_template,
+                            recipe.answer_prefix)
+    cfg = recipe.model_config(len(tokenizer), causal=objective == "arm")
+    special = {"eos": tokenizer.eos_token_id, "mask": tokenizer.mask_token_id, "pad": tokenizer.pad_token_id}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    torch.use_deterministic_algorithms(True)
+    t0 = time.perf_counter()
+    try:
+        model, history = train(cfg, examples, objective=objective, epochs=recipe.epochs,
+                               batch_size=recipe.batch_size, lr=recipe.lr, warmup=recipe.warmup,
+                               extra_eos=recipe.extra_eos, seed=recipe.seed, special_ids=special,
+                               eval_fn=eval_fn, eval_every=eval_every, log=log)
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - t0
+    return save_backbone(model, tokenizer, name, out_dir, meta={
+        "objective": objective, "excluded_splits": list(exclude), "recipe": asdict(recipe),
+        "world": world.composition(root, parts=recipe.parts, exclude_splits=exclude),
+        "n_params": model.n_params(), "train_seconds": round(seconds, 1), "history": history,
+        "machine": {"torch": torch.__version__, "threads": recipe.threads, "cpu": platform.processor() or platform.machine()},
+        "prompt_template": recipe.prompt_template, "answer_prefix": recipe.answer_prefix})
+
+
+def save_backbone(model, tokenizer, name: str, out_dir, *, meta: dict) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(out_dir) / name
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()},
+              str(path / "model.safetensors"))
+    model.config.save(path / "config.json")
+    tokenizer.backend_tokenizer.save(str(path / "tokenizer.json"))
+    meta = {"name": name, "special_tokens": SPECIAL_TOKENS, **meta}
+    (path / "backbone.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return path

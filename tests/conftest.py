@@ -1,0 +1,44 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from timerome.backbones import ADAPTERS, Backbone
+from timerome.tiny.model import TinyConfig, TinyLM
+from timerome.tiny.train import train_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+WORDS = ("alice wrote the red book in paris . bob painted a blue sea near rome . who wrote what ? "
+         "question answer carol sings songs about snow").split()
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    """The real shared data (TIMEROME_DATA, else ../shared/data beside the checkout)."""
+    root = Path(os.environ.get("TIMEROME_DATA", REPO.parent / "shared" / "data"))
+    if not (root / "tofu").is_dir():
+        pytest.skip(f"real data not found at {root} (set TIMEROME_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    texts = [" ".join(WORDS[i:i + 7]) for i in range(len(WORDS))] * 3
+    return train_tokenizer(texts, vocab_size=300)
+
+
+def make_tiny_backbone(tokenizer, *, block="llama", causal=False, layers=2, d=32, seed=0):
+    torch.manual_seed(seed)
+    cfg = TinyConfig(vocab_size=len(tokenizer), n_layers=layers, d_model=d, n_heads=2, d_mlp=64,
+                     max_len=128, block=block, causal=causal)
+    model = TinyLM(cfg).eval()
+    adapter = ADAPTERS["tiny-causal" if causal else "tiny"]
+    return Backbone(model, tokenizer, adapter, mask_id=tokenizer.mask_token_id, name=f"random-{block}",
+                    prompt_template="question: {question} answer:")
+
+
+@pytest.fixture
+def tiny_backbone(tiny_tokenizer):
+    return make_tiny_backbone(tiny_tokenizer)

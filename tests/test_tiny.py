@@ -1,0 +1,125 @@
+"""The tiny backbone family: architecture, its adapter's hook points, and the training recipe."""
+import pytest
+import torch
+
+import timerome
+from timerome import hooks
+from timerome.tiny import recipe as tiny_recipe
+from timerome.tiny.model import TinyConfig
+from timerome.tiny.train import encode_pairs, mdlm_batch, train
+
+from conftest import make_tiny_backbone
+
+PAIRS = [("who wrote the red book ?", "alice wrote the red book in paris ."),
+         ("who painted the blue sea ?", "bob painted a blue sea near rome ."),
+         ("what does carol sing ?", "carol sings songs about snow ."),
+         ("where did alice write ?", "in paris .")]
+
+
+@pytest.mark.parametrize("block", ["llama", "bert"])
+def test_bidirectional_vs_causal(tiny_tokenizer, block):
+    x = torch.randint(5, len(tiny_tokenizer), (2, 12))
+    y = x.clone()
+    y[:, -1] = (y[:, -1] + 1) % len(tiny_tokenizer)  # change only the last token
+    mdlm = make_tiny_backbone(tiny_tokenizer, block=block)
+    arm = make_tiny_backbone(tiny_tokenizer, block=block, causal=True)
+    assert not torch.allclose(mdlm.logits(x)[:, 0], mdlm.logits(y)[:, 0])  # earlier positions see it
+    assert torch.equal(arm.logits(x)[:, :-1], arm.logits(y)[:, :-1])  # causal: earlier never see it
+
+
+@pytest.mark.parametrize("block", ["llama", "bert"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_left_padding_is_invisible(tiny_tokenizer, block, causal):
+    bb = make_tiny_backbone(tiny_tokenizer, block=block, causal=causal)
+    x = torch.randint(5, len(tiny_tokenizer), (1, 9))
+    padded = torch.cat([torch.full((1, 4), bb.pad_id), x], 1)
+    att = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 9, dtype=torch.long)], 1)
+    out = bb.logits(padded, att)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[:, 4:], bb.logits(x), atol=1e-5, rtol=1e-5)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="block"):
+        TinyConfig(vocab_size=10, block="gpt")
+    with pytest.raises(ValueError, match="divisible"):
+        TinyConfig(vocab_size=10, d_model=30, n_heads=4)
+
+
+def test_sequence_longer_than_max_len_is_an_error(tiny_backbone):
+    with pytest.raises(ValueError, match="max_len"):
+        tiny_backbone.logits(torch.zeros(1, 129, dtype=torch.long))
+
+
+def test_tiny_adapter_hook_points(tiny_backbone):
+    bb = tiny_backbone
+    assert bb.n_layers == 2 and bb.hidden_size == 32 and bb.mask_id == bb.tokenizer.mask_token_id
+    assert bb.hook_module(1, "resid") is bb.model.blocks[1]
+    assert bb.hook_module(1, "attn") is bb.model.blocks[1].attn
+    assert bb.hook_module(1, "mlp") is bb.model.blocks[1].mlp
+    assert bb.hook_module(1, "down") is bb.model.blocks[1].mlp.down
+    assert bb.hook_point("embed") is bb.model.embed and bb.hook_point("resid.0") is bb.model.blocks[0]
+    with pytest.raises(ValueError, match="unknown hook kind"):
+        bb.hook_module(0, "ffn")
+    with pytest.raises(IndexError, match="out of range"):
+        bb.hook_module(2, "resid")
+    x = torch.randint(5, len(bb.tokenizer), (3, 7))
+    names = {f"{k}.{l}": bb.hook_point(f"{k}.{l}") for k in ("resid", "attn", "mlp") for l in range(2)}
+    with hooks.capture(names) as store:
+        bb.logits(x)
+    assert all(len(v) == 1 and v[0].shape == (3, 7, 32) for v in store.values())
+    # resid = previous resid + attn + mlp, exactly as the block computes it
+    torch.testing.assert_close(store["resid.1"][0], store["resid.0"][0] + store["attn.1"][0] + store["mlp.1"][0])
+
+
+def test_edit_is_removed_even_after_an_exception(tiny_backbone):
+    bb = tiny_backbone
+    x = torch.randint(5, len(bb.tokenizer), (2, 6))
+    before = bb.logits(x)
+    with hooks.edit_output(bb.hook_module(0, "resid"), lambda h: h + 1.0):
+        assert not torch.equal(bb.logits(x), before)
+    with pytest.raises(RuntimeError, match="boom"):
+        with hooks.edit_output(bb.hook_module(0, "resid"), lambda h: h + 1.0):
+            raise RuntimeError("boom")
+    assert torch.equal(bb.logits(x), before)
+
+
+def test_mdlm_batch_never_masks_the_prompt(tiny_tokenizer):
+    ex = encode_pairs(tiny_tokenizer, PAIRS, "question: {question} answer:", " ")
+    g = torch.Generator().manual_seed(0)
+    x, xin, masked, w = mdlm_batch(ex, [0, 1, 2, 3], eos_id=tiny_tokenizer.eos_token_id,
+                                   mask_id=tiny_tokenizer.mask_token_id, extra_eos=2, gen=g)
+    for r, e in enumerate(ex):
+        assert not masked[r, :len(e.prompt)].any()
+        assert torch.equal(x[r, len(e.prompt):len(e.prompt) + len(e.answer)], torch.tensor(e.answer))
+        assert (x[r, len(e.prompt) + len(e.answer):] == tiny_tokenizer.eos_token_id).all()  # EOS fill
+    assert torch.equal(xin[masked], torch.full_like(xin[masked], tiny_tokenizer.mask_token_id))
+    assert torch.equal(xin[~masked], x[~masked])
+
+
+@pytest.mark.parametrize("objective", ["mdlm", "arm"])
+def test_recipe_trains_deterministically_and_round_trips(tiny_tokenizer, tmp_path, objective):
+    ex = encode_pairs(tiny_tokenizer, PAIRS, "question: {question} answer:", " ")
+    cfg = TinyConfig(vocab_size=len(tiny_tokenizer), n_layers=2, d_model=32, n_heads=2, d_mlp=64,
+                     max_len=64, causal=objective == "arm")
+    ids = {"eos": tiny_tokenizer.eos_token_id, "mask": tiny_tokenizer.mask_token_id, "pad": tiny_tokenizer.pad_token_id}
+    runs = [train(cfg, ex, objective=objective, epochs=30, batch_size=2, lr=1e-2, warmup=5, seed=3,
+                  special_ids=ids, log=lambda s: None) for _ in range(2)]
+    (m1, h1), (m2, h2) = runs
+    assert h1[-1]["loss"] < h1[0]["loss"]  # it learns
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    path = tiny_recipe.save_backbone(m1, tiny_tokenizer, f"toy-{objective}", tmp_path, meta={
+        "prompt_template": "question: {question} answer:", "answer_prefix": " "})
+    bb = timerome.load_backbone(path)
+    assert bb.is_causal == (objective == "arm") and bb.mask_id == tiny_tokenizer.mask_token_id
+    m1.half().float()  # saved weights are fp16: compare with the rounded model
+    x = torch.randint(5, len(tiny_tokenizer), (2, 9))
+    torch.testing.assert_close(bb.logits(x), m1(x), atol=0, rtol=0)
+
+
+def test_train_rejects_mismatched_objective(tiny_tokenizer):
+    cfg = TinyConfig(vocab_size=len(tiny_tokenizer), causal=False)
+    with pytest.raises(ValueError, match="does not match"):
+        train(cfg, [], objective="arm", epochs=1, special_ids={})
+    with pytest.raises(ValueError, match="objective"):
+        train(cfg, [], objective="mlm", epochs=1, special_ids={})
