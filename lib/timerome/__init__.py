@@ -2,8 +2,8 @@
 __version__ = "0.1.0"
 
 
-def load_backbone(name_or_path, *, trust_remote_code=False, device=None, dtype=None):
+def load_backbone(name_or_path, *, trust_remote_code=False, device=None, dtype=None, **kwargs):
     """Load a model + tokenizer + hook adapter. See `timerome.backbones.load_backbone`."""
     from .backbones import load_backbone as _load
 
-    return _load(name_or_path, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
+    return _load(name_or_path, trust_remote_code=trust_remote_code, device=device, dtype=dtype, **kwargs)
