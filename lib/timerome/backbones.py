@@ -146,6 +146,10 @@ class Backbone:
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T, V] logits where position i scores the token *at* i (Dream's shift undone)."""
+        return self.forward_logits(input_ids, attention_mask)
+
+    def forward_logits(self, input_ids, attention_mask=None):
+        """`logits` with autograd left on (for fine-tuning and gradient baselines)."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         logits = out if torch.is_tensor(out) else out.logits
         if self.adapter.shift_logits:  # Dream predicts i+1 at i; realign so i scores i

@@ -62,7 +62,9 @@ def execute(nb: Path, params: dict, dirs: dict[str, Path], *, log_output=False) 
 
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    params = {**params, "figures_dir": str(dirs["figures"]), "tables_dir": str(dirs["tables"])}
+    # relative to the notebook, so the executed copy re-runs from any checkout (nbval in CI)
+    rel = lambda d: os.path.relpath(d, nb.parent)
+    params = {**params, "figures_dir": rel(dirs["figures"]), "tables_dir": rel(dirs["tables"])}
     t0 = time.perf_counter()
     pm.execute_notebook(str(nb), str(dirs["notebooks"] / nb.name), parameters=params, cwd=str(nb.parent),
                         kernel_name="python3", progress_bar=False, log_output=log_output)

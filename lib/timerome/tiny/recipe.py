@@ -37,13 +37,13 @@ class Recipe:
     d_mlp: int = 344  # SwiGLU: 8/3 x d_model keeps the parameter count of a 4x GELU MLP
     max_len: int = 256
     vocab_size: int = 4096
-    epochs: int = 150
+    epochs: int = 400
     batch_size: int = 32
     lr: float = 3e-3
     warmup: int = 50
     extra_eos: int = 8
     seed: int = 0
-    threads: int = 2
+    threads: int = 1  # the thread count is part of bitwise reproducibility
     prompt_template: str = "Question: {question}\nAnswer:"
     answer_prefix: str = " "
     parts: tuple = field(default_factory=lambda: world.PARTS)
@@ -104,3 +104,52 @@ def save_backbone(model, tokenizer, name: str, out_dir, *, meta: dict) -> Path:
     meta = {"name": name, "special_tokens": SPECIAL_TOKENS, **meta}
     (path / "backbone.json").write_text(json.dumps(meta, indent=1) + "\n")
     return path
+
+
+def load_meta(name_or_path) -> dict:
+    """The ``backbone.json`` of an embedded tiny model (by name) or of a saved directory."""
+    path = Path(name_or_path)
+    path = path if (path / "backbone.json").exists() else WEIGHTS_DIR / str(name_or_path)
+    if not (path / "backbone.json").exists():
+        raise FileNotFoundError(f"no tiny backbone {name_or_path!r}: {path / 'backbone.json'} does not exist")
+    return json.loads((path / "backbone.json").read_text())
+
+
+def main(argv=None):
+    """``python -m timerome.tiny.recipe tiny-mdlm tiny-arm --epochs 400 --threads 1``"""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Train embedded tiny backbones with the project's recipe.")
+    ap.add_argument("names", nargs="+", choices=sorted(MODELS))
+    ap.add_argument("--out", default=str(WEIGHTS_DIR))
+    ap.add_argument("--eval-every", type=int, default=0, help="log forget10 accuracy every N epochs")
+    for f in ("epochs", "threads", "seed", "batch_size", "d_model", "n_layers", "d_mlp"):
+        ap.add_argument(f"--{f.replace('_', '-')}", type=int, dest=f)
+    ap.add_argument("--lr", type=float)
+    args = ap.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k in Recipe.__dataclass_fields__ and v is not None}
+    recipe = Recipe(**overrides)
+    tok = build_tokenizer(recipe)
+    eval_fn = None
+    if args.eval_every:
+        from .. import data
+        from ..backbones import ADAPTERS, Backbone
+        from ..metrics import answer_token_accuracy, token_accuracy_summary
+
+        probe = data.load_tofu("forget10")[::10]
+
+        def eval_fn(model):
+            if model.config.causal:
+                return {}
+            bb = Backbone(model, tok, ADAPTERS["tiny"], mask_id=tok.mask_token_id, prompt_template=recipe.prompt_template,
+                          answer_prefix=recipe.answer_prefix)
+            s = token_accuracy_summary(answer_token_accuracy(bb, probe, gen_length=96, steps=8))
+            return {"probe_acc": s["token_accuracy"], "probe_em": s["exact_match"]}
+    for name in args.names:
+        path = train_backbone(name, recipe, tok, out_dir=args.out, eval_fn=eval_fn, eval_every=args.eval_every,
+                              log=lambda s: print(name, s, flush=True))
+        print(f"saved {name} to {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

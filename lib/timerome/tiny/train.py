@@ -97,8 +97,12 @@ def arm_batch(examples, idx, *, pad_id: int):
 
 def train(cfg: TinyConfig, examples, *, objective: str, epochs: int, batch_size: int = 32, lr: float = 3e-3,
           warmup: int = 50, weight_decay: float = 0.0, extra_eos: int = 8, seed: int = 0,
-          special_ids: dict, eval_fn=None, eval_every: int = 0, log=print):
-    """Train a TinyLM from scratch; returns (model, history of dicts)."""
+          special_ids: dict, bf16: bool = False, eval_fn=None, eval_every: int = 0, log=print):
+    """Train a TinyLM from scratch; returns (model, history of dicts).
+
+    ``bf16`` runs the forward under CPU bfloat16 autocast (fp32 master weights and loss): ~1.6x
+    faster at d_model=256 on CPUs with AVX512-BF16, no gain at d_model=128.
+    """
     if objective not in ("mdlm", "arm"):
         raise ValueError(f"objective must be 'mdlm' or 'arm', got {objective!r}")
     if cfg.causal != (objective == "arm"):
@@ -116,16 +120,17 @@ def train(cfg: TinyConfig, examples, *, objective: str, epochs: int, batch_size:
     for epoch in range(epochs):
         running, n = 0.0, 0
         for idx in length_batches(examples, batch_size, rng):
-            if objective == "mdlm":
-                x, xin, masked, w = mdlm_batch(examples, idx, eos_id=special_ids["eos"], mask_id=special_ids["mask"],
-                                               extra_eos=rng.randint(0, extra_eos), gen=gen)
-                h = model.hidden(xin)[masked]  # the LM head only where it is scored
-                ce = F.cross_entropy(model.lm_head(h), x[masked], reduction="none")
-                loss = (ce * w[masked]).sum() / len(idx)
-            else:
-                x, att, target = arm_batch(examples, idx, pad_id=special_ids["pad"])
-                h = model.hidden(x, att)[:, :-1][target[:, 1:]]
-                loss = F.cross_entropy(model.lm_head(h), x[:, 1:][target[:, 1:]])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                if objective == "mdlm":
+                    x, xin, masked, w = mdlm_batch(examples, idx, eos_id=special_ids["eos"], mask_id=special_ids["mask"],
+                                                   extra_eos=rng.randint(0, extra_eos), gen=gen)
+                    logits = model.lm_head(model.hidden(xin)[masked])  # the LM head only where it is scored
+                    ce = F.cross_entropy(logits.float(), x[masked], reduction="none")
+                    loss = (ce * w[masked]).sum() / len(idx)
+                else:
+                    x, att, target = arm_batch(examples, idx, pad_id=special_ids["pad"])
+                    logits = model.lm_head(model.hidden(x, att)[:, :-1][target[:, 1:]])
+                    loss = F.cross_entropy(logits.float(), x[:, 1:][target[:, 1:]])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,0 +1,101 @@
+"""timerome.stats: bootstrap CI, paired t-test, significance stars and table formatting."""
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from timerome.stats import MINUS, bootstrap_ci, fmt_delta, mean_std, paired_t, stars
+
+
+def test_bootstrap_is_the_textbook_percentile_bootstrap():
+    x = np.random.default_rng(1).normal(size=30)
+    lo, hi = bootstrap_ci(x, n_resamples=2000, seed=3)
+    means = x[np.random.default_rng(3).integers(0, 30, (2000, 30))].mean(1)
+    assert np.allclose([lo, hi], np.percentile(means, [2.5, 97.5]), atol=1e-12)
+
+
+def test_bootstrap_contains_mean_shrinks_and_is_reproducible():
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(2.0, 1.0, 20), rng.normal(2.0, 1.0, 2000)
+    for x in (small, large):
+        lo, hi = bootstrap_ci(x)
+        assert lo < x.mean() < hi
+    assert np.diff(bootstrap_ci(large)) < 0.3 * np.diff(bootstrap_ci(small))
+    assert bootstrap_ci(small, seed=5) == bootstrap_ci(small, seed=5)
+    assert bootstrap_ci(small, seed=5) != bootstrap_ci(small, seed=6)
+    assert np.diff(bootstrap_ci(small, level=0.99)) > np.diff(bootstrap_ci(small, level=0.8))
+    # any 1-D container works
+    assert bootstrap_ci(list(small)) == bootstrap_ci(torch.tensor(small)) == bootstrap_ci(small)
+
+
+def test_bootstrap_degenerate_and_errors():
+    assert bootstrap_ci([3.5]) == (3.5, 3.5)
+    assert bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    with pytest.raises(ValueError, match="empty"):
+        bootstrap_ci([])
+    with pytest.raises(ValueError, match="NaN"):
+        bootstrap_ci([1.0, float("nan"), 2.0])
+    with pytest.raises(ValueError, match="1-D"):
+        bootstrap_ci(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci([1.0, 2.0], level=95)
+
+
+def test_paired_t_equals_scipy():
+    rng = np.random.default_rng(2)
+    a = rng.normal(0.5, 1.0, 5)
+    b = a - 0.3 + rng.normal(0.0, 0.2, 5)
+    t, p = paired_t(a, b)
+    ref = scipy.stats.ttest_rel(a, b)
+    assert t == pytest.approx(ref.statistic, rel=1e-12) and p == pytest.approx(ref.pvalue, rel=1e-12)
+    assert t > 0  # a is larger
+    t2, p2 = paired_t(b, a)
+    assert t2 == pytest.approx(-t) and p2 == pytest.approx(p)
+
+
+def test_paired_t_degenerate_and_errors():
+    t, p = paired_t([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert math.isnan(t) and math.isnan(p)
+    assert paired_t([2.0, 3.0, 4.0], [1.0, 2.0, 3.0]) == (math.inf, 0.0)
+    with pytest.raises(ValueError, match="matched samples"):
+        paired_t([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_t([1.0], [2.0])
+    with pytest.raises(ValueError, match="empty"):
+        paired_t([], [])
+    with pytest.raises(ValueError, match="NaN"):
+        paired_t([1.0, 2.0, float("nan")], [1.0, 2.0, 3.0])
+
+
+def test_stars_thresholds():
+    assert [stars(p) for p in (0.0, 5e-5, 1e-4, 0.005, 0.01, 0.04, 0.05, 0.5, 1.0)] == \
+        ["***", "***", "**", "**", "*", "*", "", "", ""]
+    assert stars(None) == "" and stars(float("nan")) == ""
+    with pytest.raises(ValueError, match="outside"):
+        stars(1.5)
+    with pytest.raises(ValueError, match="outside"):
+        stars(-0.1)
+
+
+def test_mean_std_formatting():
+    assert mean_std([1.0, 2.0, 3.0]) == "2.00 ± 1.00"  # sample std (ddof=1)
+    assert mean_std([1.0, 2.0], digits=3) == f"1.500 ± {np.std([1.0, 2.0], ddof=1):.3f}"
+    assert mean_std([-1.25, -1.25]) == f"{MINUS}1.25 ± 0.00"
+    assert mean_std([0.5]) == "0.50 ± n/a"
+    assert mean_std([-0.001, 0.001]) == "0.00 ± 0.00"  # no "−0.00"
+    with pytest.raises(ValueError, match="empty"):
+        mean_std([])
+    with pytest.raises(ValueError, match="NaN"):
+        mean_std([1.0, float("inf")])
+
+
+def test_fmt_delta():
+    assert fmt_delta(-3.2104, 0.003) == f"{MINUS}3.21**"
+    assert fmt_delta(1.2, 0.2) == "+1.20"
+    assert fmt_delta(0.5, 1e-6, digits=1) == "+0.5***"
+    assert fmt_delta(-0.001, 0.04) == "0.00*"
+    assert fmt_delta(2.0) == "+2.00"
+    with pytest.raises(ValueError, match="finite"):
+        fmt_delta(float("nan"), 0.1)
