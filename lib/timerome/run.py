@@ -11,6 +11,7 @@ notebooks in place (the committed notebooks are its executed copies) and exports
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
 import os
 import sys
@@ -31,10 +32,51 @@ def load_params(nb: Path, profile: str, repo: Path = REPO) -> dict:
     path = repo / "params" / profile / f"{nb.stem}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"no parameter file for notebook {nb.name} in profile {profile!r}: expected {path}")
-    params = yaml.safe_load(path.read_text()) or {}
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(params, dict):
         raise ValueError(f"{path}: top level must be a mapping of parameter names to values, got {type(params).__name__}")
+    validate_params(nb, params, path)
     return params
+
+
+def notebook_parameters(nb: Path) -> dict:
+    """Defaults of the notebook's one cell tagged ``parameters`` (literal assignments only)."""
+    import nbformat
+
+    cells = [c for c in nbformat.read(nb, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{nb.name}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    defaults = {}
+    for node in ast.parse(cells[0].source).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ValueError(f"{nb.name}: parameters cell line {node.lineno} is not a plain `name = literal`")
+        defaults[node.targets[0].id] = ast.literal_eval(node.value)
+    return defaults
+
+
+def _type_ok(default, value) -> bool:
+    if default is None or value is None:
+        return True  # None means "unset": any type may replace it
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and (isinstance(default, float) or isinstance(value, int))
+    return isinstance(value, type(default))
+
+
+def validate_params(nb: Path, params: dict, source: Path | str = "params") -> None:
+    """Unknown names and wrong types fail before anything runs, naming the file and the key."""
+    defaults = notebook_parameters(nb)
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ValueError(f"{source}: unknown parameter(s) {unknown} for {nb.name}; it accepts {sorted(defaults)}")
+    for key, value in params.items():
+        if not _type_ok(defaults[key], value):
+            raise TypeError(f"{source}: parameter {key!r} of {nb.name} must be {type(defaults[key]).__name__} "
+                            f"(default {defaults[key]!r}), got {type(value).__name__} {value!r}")
 
 
 def output_dirs(profile: str, repo: Path = REPO) -> dict[str, Path]:
