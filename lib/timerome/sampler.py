@@ -5,7 +5,9 @@ Start from ``[prompt | MASK x gen_length]``. The answer is split into blocks of 
 forwards. At every forward each masked position proposes a candidate (argmax of the logits,
 Gumbel-max when ``temperature > 0``) with a confidence; the ``k`` most confident candidates
 inside the current block are committed, where ``k`` spreads the block's mask count evenly over
-its steps (remainder to the earliest steps).
+its steps (remainder to the earliest steps). Only masks of the current block are candidates (a
+mask id inside the prompt is context and never filled in), and the mask token itself is never
+proposed as a candidate (confidences are still read from the full distribution, as in LLaDA).
 
 While `generate` runs, ``backbone.step`` holds the global denoising step ``k`` (0-based) so a
 hook can act at chosen steps only; ``on_step(k, x)`` is called before each forward.
@@ -117,15 +119,25 @@ def generate(backbone, prompt_ids, *, gen_length: int, steps: int, block_length:
                 if on_step is not None:
                     on_step(k, x)
                 masked = x == backbone.mask_id
+                masked[:, :lo] = False  # only the current block is filled: a mask id inside the
+                masked[:, hi:] = False  # prompt is context, and later blocks wait their turn
                 logits = backbone.logits(x, att)
+                # the mask token is never a candidate (committing it would leave the position
+                # masked); confidences still use the full distribution, as LLaDA computes them
                 if temperature > 0:  # Gumbel-max sampling of the candidates
                     u = torch.rand(logits.shape, generator=generator, device=device).clamp_(1e-10, 1 - 1e-10)
-                    x0 = (logits.float() / temperature - torch.log(-torch.log(u))).argmax(-1)
+                    g = logits.float() / temperature - torch.log(-torch.log(u))
+                    g[..., backbone.mask_id] = -torch.inf
+                    x0 = g.argmax(-1)
                 else:
                     x0 = logits.argmax(-1)
+                    bad = x0 == backbone.mask_id
+                    if bad.any():  # runner-up where the argmax is the mask token (no full-size copy)
+                        alt = logits[bad].float()  # a copy of the offending positions only
+                        alt[:, backbone.mask_id] = -torch.inf
+                        x0[bad] = alt.argmax(-1)
                 conf = _confidence(logits, x0, remasking, temperature, generator).float()
-                conf[:, hi:] = -torch.inf  # later blocks never win
-                conf = torch.where(masked, conf, torch.full_like(conf, -torch.inf))  # committed never win
+                conf = torch.where(masked, conf, torch.full_like(conf, -torch.inf))  # only this block's masks
                 n = schedule[:, i]
                 order = conf.argsort(dim=1, descending=True, stable=True)
                 take = torch.arange(x.shape[1], device=device)[None, :] < n[:, None]

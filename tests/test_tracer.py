@@ -1,0 +1,436 @@
+"""Diffusion-time causal tracing (`timerome.tracer`) on tiny random backbones."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from timerome import tracer as T
+from timerome.data import Fact
+from timerome.hooks import edit_outputs
+from timerome.sampler import generate
+
+from conftest import make_tiny_backbone
+
+K = 4  # denoising steps in every test (tiny)
+MODULES = ("resid", "attn", "mlp")
+
+
+def _sharpen(bb, factor=10.0, blocks=3.0):
+    """Make a random model input-sensitive and decisive: scale the blocks' matrices (at init their
+    updates are too small to move the residual stream, so every answer slot predicts one token) and
+    the LM head (clear argmaxes, no near-ties that float round-off could flip)."""
+    with torch.no_grad():
+        for p in bb.model.blocks.parameters():
+            if p.dim() == 2:
+                p.mul_(blocks)
+        bb.model.lm_head.weight.mul_(factor)
+    return bb
+
+
+def fact(question, answer, subject, index=0, subject_in="question"):
+    text = question if subject_in == "question" else answer
+    s = text.index(subject)
+    return Fact(question=question, answer=answer, subject=subject, subject_rule="given", entity_id=None, split="toy",
+                index=index, subject_span=(s, s + len(subject)), subject_in=subject_in)
+
+
+FACTS = [fact("where was the red book written ?", "paris", "red book", 0),  # answers of 2 tokens: canvas of 6
+         fact("who painted a blue sea near rome ?", "bob", "blue sea", 1)]
+
+
+@pytest.fixture
+def bb(tiny_tokenizer):
+    return _sharpen(make_tiny_backbone(tiny_tokenizer, layers=2, d=32))
+
+
+def _count_rows(bb):
+    """Wrap bb.logits: returns a dict counting model calls and rows (sequence-forwards)."""
+    seen = {"calls": 0, "rows": 0}
+    inner = bb.logits
+
+    def logits(ids, attention_mask=None):
+        seen["calls"] += 1
+        seen["rows"] += ids.shape[0]
+        return inner(ids, attention_mask)
+
+    bb.logits = logits
+    return seen
+
+
+# --- a naive reference: one trajectory at a time, from scratch, through sampler.generate -----------
+def _logp(logits, prompt, x, score):
+    P, n = prompt.prompt_length, len(prompt.gold)
+    lp = torch.log_softmax(logits[0, P:P + n].double(), -1)
+    tok = lp[torch.arange(n), torch.tensor(prompt.gold)]
+    if score == "masked":
+        tok = tok * (x[0, P:P + n] == prompt.ids[P]).double()  # the canvas starts as mask ids
+    return float(tok.sum())
+
+
+def naive_run(bb, prompt, *, steps=K, noise=None, patch=None, capture=(), score="all"):
+    """-> (states [K+1 tensors], log p(o | x_k) for k = 0..K, {name: [K x [|S|, H]]}).
+
+    Uses `sampler.generate` with hooks keyed on ``backbone.step``; ``patch = (name, k, value)``.
+    Every score is a fresh forward on the state (noise only, never the patch).
+    """
+    S = list(prompt.subject)
+    caps = {n: [] for n in capture}
+    states = []
+
+    def fn(name, h):
+        new = None
+        if name == "embed" and noise is not None:
+            new = h.clone()
+            new[:, S] = new[:, S] + noise
+        if patch is not None and name == patch[0] and bb.step == patch[1]:
+            new = h.clone() if new is None else new
+            new[:, S] = patch[2]
+        if name in caps and bb.step is not None:
+            caps[name].append((h if new is None else new)[0, S].clone())
+        return new
+
+    names = {"embed", *capture} | ({patch[0]} if patch else set())
+    mods = {n: bb.hook_point(n) for n in names}
+    P = prompt.prompt_length
+    with edit_outputs(mods, fn):
+        out = generate(bb, prompt.ids[None, :P], gen_length=prompt.gen_length, steps=steps,
+                       on_step=lambda k, x: states.append(x.clone()))
+        states.append(out)
+        assert bb.step is None
+        scores = [_logp(bb.logits(x), prompt, x, score) for x in states]
+    return states, scores, caps
+
+
+def naive_tie(bb, f, *, sigma, steps=K, modules=MODULES, score="all", seed=0):
+    """[M, L, K, K+1] Eq. 3 by brute force (NaN where k' <= k)."""
+    p = T.prepare_prompt(bb, f)
+    noise = sigma * T.draw_noise(bb, f, p, seed)
+    names = [f"{m}.{l}" for m in modules for l in range(bb.n_layers)]
+    _, _, clean = naive_run(bb, p, steps=steps, capture=names, score=score)
+    _, corr, _ = naive_run(bb, p, steps=steps, noise=noise, score=score)
+    out = np.full((len(modules), bb.n_layers, steps, steps + 1), np.nan)
+    for mi, m in enumerate(modules):
+        for l in range(bb.n_layers):
+            for k in range(steps):
+                name = f"{m}.{l}"
+                _, pat, _ = naive_run(bb, p, steps=steps, noise=noise, patch=(name, k, clean[name][k]), score=score)
+                for kp in range(k + 1, steps + 1):
+                    out[mi, l, k, kp] = pat[kp] - corr[kp]
+    return out
+
+
+def _weights(steps, tau):
+    w = np.zeros((steps, steps + 1))
+    for k in range(steps):
+        e = np.array([math.exp(-tau * (kp - k)) for kp in range(k + 1, steps + 1)])
+        w[k, k + 1:] = e / e.sum()
+    return w
+
+
+# --- tokenisation ----------------------------------------------------------------------------------
+def test_subject_positions_cover_the_subject(bb):
+    for f in FACTS:
+        p = T.prepare_prompt(bb, f)
+        ids = p.ids.tolist()
+        assert ids[0] == bb.tokenizer.bos_token_id
+        assert p.prompt_length == 1 + len(bb.encode(bb.prompt(f.question)))
+        text = bb.tokenizer.decode([ids[i] for i in p.subject])
+        assert text.strip() == f.subject  # exactly the subject's tokens (a leading space is allowed)
+        assert list(p.subject) == list(range(p.subject[0], p.subject[-1] + 1))
+        assert p.gold == tuple(bb.encode(bb.answer_prefix + f.answer))
+        assert p.gen_length == len(p.gold) + 4 and len(ids) == p.prompt_length + p.gen_length
+        assert all(t == bb.mask_id for t in ids[p.prompt_length:])
+    assert T.prepare_prompt(bb, FACTS[0], gen_length=12).gen_length == 12
+
+
+def test_trajectory_is_the_samplers_trajectory(bb):
+    """run_trajectory commits exactly what sampler.generate commits, clean and corrupted."""
+    f = FACTS[0]
+    p = T.prepare_prompt(bb, f, gen_length=8)
+    noise = 0.5 * T.draw_noise(bb, f, p)
+    for nz in (None, noise):
+        tr = T.run_trajectory(bb, p, steps=K, noise=nz)
+        states, scores, _ = naive_run(bb, p, noise=nz)
+        assert torch.equal(tr.states, torch.cat(states))
+        np.testing.assert_allclose(tr.scores, scores, atol=1e-5, rtol=0)
+
+
+# --- sanity: zero effects and exact restoration -----------------------------------------------------
+def test_sigma_zero_gives_exactly_zero_tie(bb):
+    r = T.trace_tie(bb, FACTS, steps=K, sigma=0.0)
+    assert r.settings["sigma"] == 0.0
+    assert np.array_equal(r.logp_clean, r.logp_corrupt)
+    assert np.all(r.tie == 0)
+    finite = r.tie_by_step[~np.isnan(r.tie_by_step)]
+    assert finite.size and np.all(finite == 0)
+
+
+def test_identity_patch_gives_zero_tie(bb):
+    r = T.trace_tie(bb, FACTS, steps=K, sigma=1.0, patch_source="corrupted")
+    assert not np.array_equal(r.logp_clean, r.logp_corrupt)  # the corruption does something
+    assert np.all(r.tie == 0) and np.all(r.tie_by_step[~np.isnan(r.tie_by_step)] == 0)
+
+
+def test_splicing_clean_embeddings_restores_the_clean_trajectory(bb):
+    f = FACTS[0]
+    p = T.prepare_prompt(bb, f, gen_length=8)
+    noise = 2.0 * T.draw_noise(bb, f, p)
+    clean = T.run_trajectory(bb, p, steps=K, capture=("embed",))
+    corr = T.run_trajectory(bb, p, steps=K, noise=noise)
+    assert not torch.equal(corr.states[-1], clean.states[-1])  # the corrupted run diverges ...
+    # every forward, the final scoring one too (input embeddings do not depend on the step)
+    patches = {("embed", k): clean.captured["embed"][min(k, K - 1)] for k in range(K + 1)}
+    fixed = T.run_trajectory(bb, p, steps=K, noise=noise, patches=patches)
+    assert torch.equal(fixed.states, clean.states)  # ... and the clean embeddings of S restore it exactly
+    np.testing.assert_array_equal(fixed.scores, clean.scores)
+
+
+# --- the batched, prefix-sharing tracer equals brute force ------------------------------------------
+@pytest.mark.parametrize("score", ["all", "masked"])
+def test_batched_tracer_equals_naive_reference(bb, score):
+    sigma, tau = 1.0, 0.7
+    r = T.trace_tie(bb, FACTS, steps=K, sigma=sigma, tau=tau, score=score)
+    L, M = bb.n_layers, len(MODULES)
+    w = _weights(K, tau)
+    for i, f in enumerate(FACTS):
+        ref = naive_tie(bb, f, sigma=sigma, score=score)
+        assert np.array_equal(np.isnan(ref), np.isnan(r.tie_by_step[i]))
+        np.testing.assert_allclose(r.tie_by_step[i], ref, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(r.tie[i], np.nansum(ref * w, -1), atol=1e-5, rtol=0)
+    assert np.any(np.abs(r.tie) > 1e-3)  # not a vacuous comparison
+    if score == "masked":  # nothing is masked in x_K
+        assert np.all(r.tie_by_step[..., K] == 0)
+    c = r.counts
+    # some patch runs left the corrupted trajectory, so the continuation path was exercised
+    assert c["patch_forwards"] > len(FACTS) * M * L * K
+    assert c["patch_forwards"] <= c["naive_patch_forwards"]
+
+
+def test_forward_counts_are_exact_and_below_naive(bb):
+    seen = _count_rows(bb)
+    r = T.trace_tie(bb, FACTS, steps=K, sigma=1.0)
+    c = r.counts
+    assert c["n_forwards"] == seen["rows"] and c["n_forward_calls"] == seen["calls"]
+    assert c["n_forwards"] == c["clean_corrupt_forwards"] + c["patch_forwards"]
+    L, M, F = bb.n_layers, len(MODULES), len(FACTS)
+    assert c["clean_corrupt_forwards"] == F * 2 * (K + 1)
+    assert c["naive_patch_forwards"] == F * M * L * sum(K - k + 1 for k in range(K))
+    assert c["from_scratch_forwards"] == F * (M * L * K * (K + 1) + 2 * (K + 1))
+    assert c["patch_ratio"] <= 0.55
+    # at most one model call per step for all patch runs of a fact, not one per trajectory
+    assert c["n_forward_calls"] <= F * (2 * (K + 1) + (K + 1))
+    small = T.trace_tie(bb, FACTS, steps=K, sigma=1.0, batch_size=4)  # chunked model calls: same values
+    np.testing.assert_allclose(small.tie_by_step, r.tie_by_step, atol=1e-5, rtol=0)
+    assert small.counts["n_forwards"] == c["n_forwards"] and small.counts["n_forward_calls"] > c["n_forward_calls"]
+
+
+def test_noise_is_per_fact_common_random_numbers(bb):
+    """A fact's TIE does not depend on the other facts traced with it (sigma fixed)."""
+    both = T.trace_tie(bb, FACTS, steps=K, sigma=1.0)
+    one = T.trace_tie(bb, FACTS[1:], steps=K, sigma=1.0)
+    np.testing.assert_allclose(both.tie[1], one.tie[0], atol=1e-6, rtol=0)
+    other_seed = T.trace_tie(bb, FACTS[1:], steps=K, sigma=1.0, seed=1)
+    assert not np.array_equal(other_seed.logp_corrupt, one.logp_corrupt)
+
+
+# --- result object -------------------------------------------------------------------------------
+def test_heatmap_shapes_axes_and_aggregation(bb):
+    r = T.trace_tie(bb, FACTS, steps=K, sigma=1.0, tau=0.0, modules=("resid", "mlp"))
+    L = bb.n_layers
+    assert r.modules == ("resid", "mlp") and r.n_layers == L and r.steps == K
+    assert r.tie.shape == (2, 2, L, K) and r.tie_by_step.shape == (2, 2, L, K, K + 1)
+    assert r.logp_clean.shape == r.logp_corrupt.shape == (2, K + 1)
+    for m in r.modules:
+        h = r.heatmap(m)
+        assert h.shape == (L, K)
+        np.testing.assert_allclose(h, r.per_fact(m).mean(0))
+        assert np.all(r.heatmap(m, absolute=True) >= np.abs(h) - 1e-12)
+    np.testing.assert_array_equal(r.axes["layer"], np.arange(L))
+    np.testing.assert_array_equal(r.axes["step"], np.arange(K))
+    kp = np.arange(K + 1)
+    for k in range(K):  # k' > k only
+        assert np.all(np.isnan(r.tie_by_step[..., k, kp <= k])) and not np.any(np.isnan(r.tie_by_step[..., k, kp > k]))
+    np.testing.assert_allclose(r.tie, np.nanmean(r.tie_by_step, -1))  # tau = 0: the plain mean
+    with pytest.raises(KeyError, match="attn"):
+        r.heatmap("attn")
+    assert r.subject_tokens[0] and len(r.subject_positions[1]) >= 1
+    assert r.settings["sigma"] == 1.0 and r.settings["steps"] == K
+
+
+def test_default_sigma_is_three_subject_embedding_stds(bb):
+    r = T.trace_tie(bb, FACTS[:1], steps=2, modules=("resid",))
+    p = T.prepare_prompt(bb, FACTS[0])
+    emb = bb.embedding.weight.detach()[[int(p.ids[i]) for i in p.subject]]
+    assert r.settings["sigma"] == pytest.approx(3 * float(emb.std()))
+
+
+def test_save_load_round_trip(bb, tmp_path):
+    r = T.trace_tie(bb, FACTS, steps=K, sigma=1.0)
+    path = r.save(tmp_path / "sub" / "trace.npz")
+    back = T.TIEResult.load(path)
+    for name in ("tie", "tie_by_step", "logp_clean", "logp_corrupt"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(r, name))
+    for name in ("modules", "n_layers", "steps", "fact_ids", "questions", "answers", "subject_positions",
+                 "subject_tokens", "clean_answer", "corrupt_answer", "settings", "counts", "skipped"):
+        assert getattr(back, name) == getattr(r, name), name
+    np.testing.assert_array_equal(back.heatmap("attn"), r.heatmap("attn"))
+    with pytest.raises(ValueError, match="PositionalResult"):
+        T.PositionalResult.load(path)
+
+
+def test_cache_returns_the_same_result_without_recomputing(bb, tmp_path):
+    seen = _count_rows(bb)
+    kw = dict(steps=K, sigma=1.0, cache_dir=tmp_path)
+    first = T.trace_tie(bb, FACTS, **kw)
+    n = seen["rows"]
+    assert n == first.counts["n_forwards"] and not first.from_cache
+    again = T.trace_tie(bb, FACTS, **kw)
+    assert seen["rows"] == n and again.from_cache  # no forward at all
+    np.testing.assert_array_equal(again.tie_by_step, first.tie_by_step)
+    assert again.counts == first.counts and again.settings == first.settings
+    assert len(list(tmp_path.glob("tie-*.npz"))) == 1
+    # another setting, another fact list, other weights: recomputed
+    T.trace_tie(bb, FACTS, **{**kw, "tau": 0.5})
+    assert seen["rows"] > n
+    n = seen["rows"]
+    T.trace_tie(bb, FACTS[:1], **kw)
+    assert seen["rows"] > n
+    n = seen["rows"]
+    with torch.no_grad():
+        bb.model.blocks[0].mlp.down.weight[0, 0] += 1e-3
+    T.trace_tie(bb, FACTS, **kw)
+    assert seen["rows"] > n
+    assert len(list(tmp_path.glob("tie-*.npz"))) == 4
+
+
+def test_cache_is_bypassed_for_a_hooked_model(bb, tmp_path):
+    handle = bb.hook_module(0, "mlp").register_forward_hook(lambda *a: None)
+    try:
+        with pytest.warns(UserWarning, match="not cached"):
+            T.trace_tie(bb, FACTS[:1], steps=2, sigma=1.0, modules=("resid",), cache_dir=tmp_path)
+    finally:
+        handle.remove()
+    assert not list(tmp_path.glob("*.npz"))
+
+
+# --- selection (Eq. 5) ---------------------------------------------------------------------------
+def _synthetic(tie, modules=MODULES, ids=None):
+    F_, M, L, K_ = tie.shape
+    return T.TIEResult(modules=tuple(modules), n_layers=L, steps=K_, fact_ids=ids or [f"toy:{i}" for i in range(F_)],
+                       questions=[""] * F_, answers=[""] * F_, subject_positions=[[0]] * F_,
+                       subject_tokens=[["x"]] * F_,
+                       tie=tie, tie_by_step=np.zeros((F_, M, L, K_, K_ + 1)), logp_clean=np.zeros((F_, K_ + 1)),
+                       logp_corrupt=np.zeros((F_, K_ + 1)), clean_answer=[[]] * F_, corrupt_answer=[[]] * F_,
+                       settings={"sigma": 1.0}, counts={})
+
+
+def test_selection_argmax_ranking_paper_and_per_fact():
+    rng = np.random.default_rng(0)
+    tie = rng.normal(0, 0.1, size=(3, 3, 4, 5))
+    tie[:, 1, 2, 3] = [2.0, -3.0, 2.5]  # attn, layer 2, step 3: the largest mean |TIE| (signs differ)
+    tie[:, 0, 1, :] += 1.0  # resid layer 1: the best resid layer at every step
+    tie[0, 2, 0, 4] = 6.0  # one fact's own best coordinate (mean |TIE| over facts still < 2.5)
+    sel = T.select_coordinate(_synthetic(tie))
+    assert (sel.best.module, sel.best.layer, sel.best.step) == ("attn", 2, 3)
+    assert sel.best.score == pytest.approx(2.5)
+    assert len(sel.ranking) == 3 * 4 * 5 and sel.ranking[0] == sel.best
+    scores = [c.score for c in sel.ranking]
+    assert scores == sorted(scores, reverse=True)
+    assert {(c.module, c.layer, c.step) for c in sel.ranking} == {(m, l, k) for m in MODULES for l in range(4)
+                                                                  for k in range(5)}
+    np.testing.assert_allclose(sel.objective, np.abs(tie).mean(0))
+    assert (sel.paper.module, sel.paper.layer, sel.paper.step) == ("resid", 1, -1)
+    assert sel.layer_profile.shape == (4,) and int(np.argmax(sel.layer_profile)) == 1
+    assert sel.per_fact[0] == {"fact_id": "toy:0", "module": "mlp", "layer": 0, "step": 4, "tie": 6.0}
+    assert (sel.per_fact[1]["module"], sel.per_fact[1]["tie"]) == ("attn", -3.0)
+    assert list(sel.frame().columns) == ["module", "layer", "step", "score"]
+    assert T.select_coordinate(_synthetic(tie[:, :1], modules=("resid",))).paper.layer == 1
+
+
+def test_beta_penalty_with_neighbours():
+    fv = np.zeros((2, 3, 2, 2))
+    fv[:, 0, 0, 0] = 2.0  # A: strongest on F_v ...
+    fv[:, 2, 1, 1] = 1.5  # B: second
+    nb = np.zeros((3, 3, 2, 2))
+    nb[:, 0, 0, 0] = -1.0  # ... but A also moves the neighbours
+    res, neigh = _synthetic(fv), _synthetic(nb)
+    assert res.select().best[:3] == ("resid", 0, 0)
+    assert res.select(neigh, beta=0.0).best[:3] == ("resid", 0, 0)
+    sel = res.select(neigh, beta=1.0)
+    assert sel.best[:3] == ("mlp", 1, 1) and sel.best.score == pytest.approx(1.5) and sel.beta == 1.0
+    assert [c for c in sel.ranking if c[:3] == ("resid", 0, 0)][0].score == pytest.approx(1.0)
+    np.testing.assert_allclose(T.select_coordinate(res, nb, beta=1.0).objective, sel.objective)  # array neighbours
+    with pytest.raises(ValueError, match="neighbour set"):
+        res.select(beta=0.5)
+    with pytest.raises(ValueError, match="shape"):
+        res.select(nb[:, :, :1], beta=1.0)
+    with pytest.raises(ValueError, match="modules"):
+        res.select(_synthetic(nb[:, :1], modules=("attn",)), beta=1.0)
+
+
+def test_selection_on_a_real_trace_with_neighbours(bb):
+    r = T.trace_tie(bb, FACTS[:1], steps=K, sigma=1.0)
+    nb = T.trace_tie(bb, FACTS[1:], steps=K, sigma=r.settings["sigma"])
+    sel = r.select(nb, beta=0.5)
+    obj = np.abs(r.tie).mean(0) - 0.5 * np.abs(nb.tie).mean(0)
+    mi, l, k = np.unravel_index(np.argmax(obj), obj.shape)
+    assert sel.best[:3] == (MODULES[mi], l, k) and sel.paper.module == "resid"
+
+
+# --- AR positional trace -------------------------------------------------------------------------
+def test_ar_positional_trace_on_a_causal_model(tiny_tokenizer):
+    bb = _sharpen(make_tiny_backbone(tiny_tokenizer, causal=True, layers=2, d=32))
+    seen = _count_rows(bb)
+    r = T.ar_positional_trace(bb, FACTS, sigma=1.0, modules=("resid", "mlp"))
+    for i, f in enumerate(FACTS):
+        P = r.prompt_lengths[i]
+        assert P == 1 + len(bb.encode(bb.prompt(f.question))) == len(r.tokens[i])
+        for m in ("resid", "mlp"):
+            assert r.heatmap(m, i).shape == (P, bb.n_layers) and not np.any(np.isnan(r.heatmap(m, i)))
+    assert r.ie.shape == (2, 2, max(r.prompt_lengths), bb.n_layers)
+    assert r.last_subject("mlp").shape == (2, bb.n_layers) and 0 <= r.select_layer("mlp") < bb.n_layers
+    # causal: tokens before the first subject token cannot see the noise, so patching them does nothing
+    for i, S in enumerate(r.subject_positions):
+        np.testing.assert_allclose(r.heatmap("resid", i)[:S[0]], 0, atol=1e-5)
+    assert np.abs(r.heatmap("resid", 0)).max() > 1e-3
+    assert r.counts["n_forwards"] == seen["rows"] == sum(2 + 2 * P * bb.n_layers for P in r.prompt_lengths)
+    zero = T.ar_positional_trace(bb, FACTS[:1], sigma=0.0, modules=("attn",))
+    assert np.all(zero.heatmap("attn", 0) == 0)
+    with pytest.raises(ValueError, match="autoregressive"):
+        T.trace_tie(bb, FACTS, steps=K)
+
+
+def test_ar_positional_trace_on_an_mdlm_and_round_trip(bb, tmp_path):
+    r = T.ar_positional_trace(bb, FACTS[:1], sigma=1.0, modules=("resid",), window=3)
+    assert r.heatmap("resid", 0).shape == (r.prompt_lengths[0], bb.n_layers)
+    assert r.settings["causal"] is False and r.settings["window"] == 3
+    back = T.PositionalResult.load(r.save(tmp_path / "ar.npz"))
+    np.testing.assert_array_equal(back.ie, r.ie)
+    assert back.tokens == r.tokens and back.modules == r.modules
+
+
+# --- errors --------------------------------------------------------------------------------------
+def test_clear_errors(bb):
+    in_answer = fact("who wrote it ?", "alice wrote the red book", "alice", 7, subject_in="answer")
+    with pytest.raises(T.SubjectError, match="toy:7"):
+        T.trace_tie(bb, [FACTS[0], in_answer], steps=K)
+    r = T.trace_tie(bb, [FACTS[0], in_answer], steps=2, sigma=1.0, modules=("resid",), skip_unlocatable=True)
+    assert r.fact_ids == [FACTS[0].fact_id] and r.skipped == ["toy:7"]
+    with pytest.raises(T.SubjectError, match="every fact was skipped"):
+        T.trace_tie(bb, [in_answer], steps=2, skip_unlocatable=True)
+    no_subject = Fact(question="who ?", answer="bob", split="toy", index=3)
+    with pytest.raises(T.SubjectError, match="toy:3.*no subject"):
+        T.trace_tie(bb, [no_subject], steps=2)
+    with pytest.raises(ValueError, match="empty fact list"):
+        T.trace_tie(bb, [], steps=K)
+    with pytest.raises(ValueError, match="empty fact list"):
+        T.ar_positional_trace(bb, [])
+    with pytest.raises(ValueError, match="modules"):
+        T.trace_tie(bb, FACTS, modules=("down",))
+    with pytest.raises(ValueError, match="shorter than the gold answer"):
+        T.trace_tie(bb, FACTS, gen_length=1)
+    with pytest.raises(ValueError, match="deterministic"):
+        T.trace_tie(bb, FACTS, remasking="random")
+    with pytest.raises(ValueError, match="score"):
+        T.trace_tie(bb, FACTS, score="best")
