@@ -44,6 +44,7 @@ class Recipe:
     lr: float = 3e-3
     warmup: int = 50
     extra_eos: int = 8
+    masking: str = "bernoulli"  # "exact": same objective, lower-variance estimator (see train.mdlm_batch)
     seed: int = 0
     threads: int = 1  # the thread count is part of bitwise reproducibility
     prompt_template: str = "Question: {question}\nAnswer:"
@@ -81,7 +82,8 @@ def train_backbone(name: str, recipe: Recipe, tokenizer, *, root=None, out_dir=W
     try:
         model, history = train(cfg, examples, objective=objective, epochs=recipe.epochs,
                                batch_size=recipe.batch_size, lr=recipe.lr, warmup=recipe.warmup,
-                               extra_eos=recipe.extra_eos, seed=recipe.seed, special_ids=special,
+                               extra_eos=recipe.extra_eos, masking=recipe.masking, seed=recipe.seed,
+                               special_ids=special,
                                eval_fn=eval_fn, eval_every=eval_every, log=log)
     finally:
         torch.use_deterministic_algorithms(False)
@@ -129,6 +131,7 @@ def main(argv=None):
     for f in ("epochs", "threads", "seed", "batch_size", "d_model", "n_layers", "d_mlp"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, dest=f)
     ap.add_argument("--lr", type=float)
+    ap.add_argument("--masking", choices=["bernoulli", "exact"])
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k in Recipe.__dataclass_fields__ and v is not None}
     recipe = Recipe(**overrides)

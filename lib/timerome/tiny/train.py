@@ -62,8 +62,15 @@ def length_batches(examples, batch_size: int, rng: random.Random):
     return batches
 
 
-def mdlm_batch(examples, idx, *, eos_id: int, mask_id: int, extra_eos: int, gen: torch.Generator):
-    """Tokens, masked input, loss weights for one masked-diffusion batch."""
+def mdlm_batch(examples, idx, *, eos_id: int, mask_id: int, extra_eos: int, gen: torch.Generator,
+               masking: str = "bernoulli"):
+    """Tokens, masked input, loss weights for one masked-diffusion batch.
+
+    ``masking="bernoulli"`` is LLaDA's estimator: each answer token masked with probability t,
+    weight 1/t. ``"exact"`` masks exactly l ~ U{1..L} tokens with weight L/l: the same objective
+    in expectation (both equal sum_m E[CE | m masked]), but every row has a masked token and the
+    per-row loss is bounded (it is the mean CE over the masked tokens), so far less gradient noise.
+    """
     T = max(len(examples[i].prompt) + len(examples[i].answer) for i in idx) + extra_eos
     B = len(idx)
     x = torch.full((B, T), eos_id, dtype=torch.long)
@@ -75,9 +82,18 @@ def mdlm_batch(examples, idx, *, eos_id: int, mask_id: int, extra_eos: int, gen:
         is_answer[r, len(ex.prompt):] = True  # answer + EOS fill
     # stratified t over the batch, kept away from 0 so 1/t stays bounded
     t = ((torch.rand(1, generator=gen) + torch.arange(B) / B) % 1.0) * (1 - 1e-3) + 1e-3
-    masked = (torch.rand((B, T), generator=gen) < t[:, None]) & is_answer
-    weight = (1.0 / t)[:, None] / is_answer.sum(1, keepdim=True)  # 1/t, normalised by answer length
-    return x, torch.where(masked, mask_id, x), masked, weight.expand(B, T)
+    L = is_answer.sum(1, keepdim=True)
+    if masking == "bernoulli":
+        masked = (torch.rand((B, T), generator=gen) < t[:, None]) & is_answer
+        weight = (1.0 / t)[:, None] / L  # 1/t, normalised by answer length
+    elif masking == "exact":
+        l = (t[:, None] * L).ceil().clamp(1, None)  # l in 1..L, uniform when t is
+        score = torch.rand((B, T), generator=gen).masked_fill(~is_answer, 2.0)
+        masked = score.argsort(1).argsort(1) < l  # the l answer positions with the lowest scores
+        weight = (1.0 / l).expand(B, T)  # (L/l) / L
+    else:
+        raise ValueError(f"masking must be 'bernoulli' or 'exact', got {masking!r}")
+    return x, torch.where(masked, mask_id, x), masked, weight.expand(B, T) if weight.shape[1] == 1 else weight
 
 
 def arm_batch(examples, idx, *, pad_id: int):
@@ -97,7 +113,7 @@ def arm_batch(examples, idx, *, pad_id: int):
 
 def train(cfg: TinyConfig, examples, *, objective: str, epochs: int, batch_size: int = 32, lr: float = 3e-3,
           warmup: int = 50, weight_decay: float = 0.0, extra_eos: int = 8, seed: int = 0,
-          special_ids: dict, bf16: bool = False, eval_fn=None, eval_every: int = 0, log=print):
+          special_ids: dict, masking: str = "bernoulli", bf16: bool = False, eval_fn=None, eval_every: int = 0, log=print):
     """Train a TinyLM from scratch; returns (model, history of dicts).
 
     ``bf16`` runs the forward under CPU bfloat16 autocast (fp32 master weights and loss): ~1.6x
@@ -123,7 +139,8 @@ def train(cfg: TinyConfig, examples, *, objective: str, epochs: int, batch_size:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 if objective == "mdlm":
                     x, xin, masked, w = mdlm_batch(examples, idx, eos_id=special_ids["eos"], mask_id=special_ids["mask"],
-                                                   extra_eos=rng.randint(0, extra_eos), gen=gen)
+                                                   extra_eos=rng.randint(0, extra_eos), gen=gen,
+                                                   masking=masking)
                     logits = model.lm_head(model.hidden(xin)[masked])  # the LM head only where it is scored
                     ce = F.cross_entropy(logits.float(), x[masked], reduction="none")
                     loss = (ce * w[masked]).sum() / len(idx)
