@@ -90,10 +90,10 @@ def mdlm_batch(examples, idx, *, eos_id: int, mask_id: int, extra_eos: int, gen:
         l = (t[:, None] * L).ceil().clamp(1, None)  # l in 1..L, uniform when t is
         score = torch.rand((B, T), generator=gen).masked_fill(~is_answer, 2.0)
         masked = score.argsort(1).argsort(1) < l  # the l answer positions with the lowest scores
-        weight = (1.0 / l).expand(B, T)  # (L/l) / L
+        weight = 1.0 / l  # (L/l) / L
     else:
         raise ValueError(f"masking must be 'bernoulli' or 'exact', got {masking!r}")
-    return x, torch.where(masked, mask_id, x), masked, weight.expand(B, T) if weight.shape[1] == 1 else weight
+    return x, torch.where(masked, mask_id, x), masked, weight.expand(B, T)
 
 
 def arm_batch(examples, idx, *, pad_id: int):
