@@ -97,6 +97,18 @@ def test_mdlm_batch_never_masks_the_prompt(tiny_tokenizer):
     assert torch.equal(xin[~masked], x[~masked])
 
 
+def test_mdlm_batch_canvas_fill(tiny_tokenizer):
+    """With a canvas, answers close anywhere inside the sampler's gen_length, never beyond it."""
+    ex = encode_pairs(tiny_tokenizer, PAIRS, "question: {question} answer:", " ")
+    P, A = max(len(e.prompt) for e in ex), max(len(e.answer) for e in ex)
+    ids = dict(eos_id=tiny_tokenizer.eos_token_id, mask_id=tiny_tokenizer.mask_token_id, extra_eos=0)
+    g = torch.Generator().manual_seed(0)
+    lengths = {mdlm_batch(ex, [0, 1, 2, 3], gen=g, canvas=A + 20, **ids)[0].shape[1] for _ in range(200)}
+    assert min(lengths) >= P + A and max(lengths) <= P + A + 20 and len(lengths) > 10
+    no_canvas = {mdlm_batch(ex, [0, 1, 2, 3], gen=g, canvas=A + 20, canvas_prob=0.0, **ids)[0].shape[1] for _ in range(20)}
+    assert no_canvas == {max(len(e.prompt) + len(e.answer) for e in ex)}
+
+
 @pytest.mark.parametrize("objective", ["mdlm", "arm"])
 def test_recipe_trains_deterministically_and_round_trips(tiny_tokenizer, tmp_path, objective):
     ex = encode_pairs(tiny_tokenizer, PAIRS, "question: {question} answer:", " ")

@@ -44,6 +44,8 @@ class Recipe:
     lr: float = 3e-3
     warmup: int = 50
     extra_eos: int = 8
+    canvas: int = 96  # EOS fill up to a random length <= canvas (= the sampler's gen_length); 0: batch max only
+    canvas_prob: float = 0.25  # share of batches filled towards the canvas
     masking: str = "bernoulli"  # "exact": same objective, lower-variance estimator (see train.mdlm_batch)
     seed: int = 0
     threads: int = 1  # the thread count is part of bitwise reproducibility
@@ -82,7 +84,7 @@ def train_backbone(name: str, recipe: Recipe, tokenizer, *, root=None, out_dir=W
     try:
         model, history = train(cfg, examples, objective=objective, epochs=recipe.epochs,
                                batch_size=recipe.batch_size, lr=recipe.lr, warmup=recipe.warmup,
-                               extra_eos=recipe.extra_eos, masking=recipe.masking, seed=recipe.seed,
+                               extra_eos=recipe.extra_eos, masking=recipe.masking, canvas=recipe.canvas, canvas_prob=recipe.canvas_prob, seed=recipe.seed,
                                special_ids=special,
                                eval_fn=eval_fn, eval_every=eval_every, log=log)
     finally:
@@ -128,10 +130,12 @@ def main(argv=None):
     ap.add_argument("names", nargs="+", choices=sorted(MODELS))
     ap.add_argument("--out", default=str(WEIGHTS_DIR))
     ap.add_argument("--eval-every", type=int, default=0, help="log forget10 accuracy every N epochs")
-    for f in ("epochs", "threads", "seed", "batch_size", "d_model", "n_layers", "d_mlp"):
+    for f in ("epochs", "threads", "seed", "batch_size", "d_model", "n_layers", "d_mlp", "n_heads", "canvas", "warmup"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, dest=f)
     ap.add_argument("--lr", type=float)
+    ap.add_argument("--canvas-prob", type=float, dest="canvas_prob")
     ap.add_argument("--masking", choices=["bernoulli", "exact"])
+    ap.add_argument("--block", choices=["llama", "bert"])
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k in Recipe.__dataclass_fields__ and v is not None}
     recipe = Recipe(**overrides)

@@ -3,8 +3,11 @@
 Masked diffusion (``objective="mdlm"``), as in LLaDA's SFT: per example draw t ~ U(0, 1)
 (stratified over the batch to cut variance), mask each *answer* token with probability t (the
 prompt is never masked), and take the cross-entropy on the masked tokens weighted by 1/t,
-normalised by the answer length. Answers end with EOS and short answers are filled with EOS up
-to the batch's longest, so the sampler learns to close an answer inside a fixed gen_length.
+normalised by the answer length. Answers end with EOS and are filled with EOS up to a canvas
+whose length is drawn between the batch's longest answer and ``canvas`` (the sampler's gen_length)
+for a share ``canvas_prob`` of the batches (the others stop a few slots past the batch's longest
+answer, which costs less): the sampler fills a fixed-length canvas, so training must show answers
+closing anywhere inside it.
 
 Autoregressive (``objective="arm"``): next-token cross-entropy on the answer tokens and the
 first EOS, causal attention, the same data and size.
@@ -63,7 +66,7 @@ def length_batches(examples, batch_size: int, rng: random.Random):
 
 
 def mdlm_batch(examples, idx, *, eos_id: int, mask_id: int, extra_eos: int, gen: torch.Generator,
-               masking: str = "bernoulli"):
+               masking: str = "bernoulli", canvas: int = 0, canvas_prob: float = 1.0):
     """Tokens, masked input, loss weights for one masked-diffusion batch.
 
     ``masking="bernoulli"`` is LLaDA's estimator: each answer token masked with probability t,
@@ -72,6 +75,9 @@ def mdlm_batch(examples, idx, *, eos_id: int, mask_id: int, extra_eos: int, gen:
     per-row loss is bounded (it is the mean CE over the masked tokens), so far less gradient noise.
     """
     T = max(len(examples[i].prompt) + len(examples[i].answer) for i in idx) + extra_eos
+    if canvas and float(torch.rand(1, generator=gen)) < canvas_prob:  # answer region of a random length up to the inference canvas
+        P, A = max(len(examples[i].prompt) for i in idx), max(len(examples[i].answer) for i in idx)
+        T = max(T, P + int(torch.randint(A, max(A, canvas) + 1, (1,), generator=gen)))
     B = len(idx)
     x = torch.full((B, T), eos_id, dtype=torch.long)
     is_answer = torch.zeros((B, T), dtype=torch.bool)
@@ -113,7 +119,7 @@ def arm_batch(examples, idx, *, pad_id: int):
 
 def train(cfg: TinyConfig, examples, *, objective: str, epochs: int, batch_size: int = 32, lr: float = 3e-3,
           warmup: int = 50, weight_decay: float = 0.0, extra_eos: int = 8, seed: int = 0,
-          special_ids: dict, masking: str = "bernoulli", bf16: bool = False, eval_fn=None, eval_every: int = 0, log=print):
+          special_ids: dict, masking: str = "bernoulli", canvas: int = 0, canvas_prob: float = 1.0, bf16: bool = False, eval_fn=None, eval_every: int = 0, log=print):
     """Train a TinyLM from scratch; returns (model, history of dicts).
 
     ``bf16`` runs the forward under CPU bfloat16 autocast (fp32 master weights and loss): ~1.6x
@@ -140,7 +146,7 @@ def train(cfg: TinyConfig, examples, *, objective: str, epochs: int, batch_size:
                 if objective == "mdlm":
                     x, xin, masked, w = mdlm_batch(examples, idx, eos_id=special_ids["eos"], mask_id=special_ids["mask"],
                                                    extra_eos=rng.randint(0, extra_eos), gen=gen,
-                                                   masking=masking)
+                                                   masking=masking, canvas=canvas, canvas_prob=canvas_prob)
                     logits = model.lm_head(model.hidden(xin)[masked])  # the LM head only where it is scored
                     ce = F.cross_entropy(logits.float(), x[masked], reduction="none")
                     loss = (ce * w[masked]).sum() / len(idx)
