@@ -99,3 +99,23 @@ def test_fmt_delta():
     assert fmt_delta(2.0) == "+2.00"
     with pytest.raises(ValueError, match="finite"):
         fmt_delta(float("nan"), 0.1)
+
+
+def test_compare_to_baseline_pairs_by_seed():
+    import pandas as pd
+    from scipy import stats as st
+    from timerome.stats import compare_to_baseline
+
+    base = pd.DataFrame({"seed": [0, 1, 2], "ForgetLP": [-10.0, -11.0, -12.0], "KS_p": [0.1, 0.2, 0.3]})
+    edit = pd.DataFrame({"seed": [2, 0, 1], "ForgetLP": [-30.0, -20.0, -25.0], "KS_p": [0.5, 0.4, 0.6]})
+    t = compare_to_baseline({"no_edit": base, "edit": edit}, ["ForgetLP", "KS_p"], "no_edit", paired=["ForgetLP"])
+    row = t.set_index("method").loc["edit"]
+    assert row.ForgetLP == -25.0 and row.ForgetLP_std == 5.0
+    assert row.d_ForgetLP == -25.0 - (-11.0)
+    assert row.p_ForgetLP == pytest.approx(st.ttest_rel([-20, -25, -30], [-10, -11, -12]).pvalue)
+    assert "d_KS_p" not in t.columns
+    assert t.set_index("method").loc["no_edit"].d_ForgetLP == 0.0
+    with pytest.raises(ValueError, match="same seeds"):
+        compare_to_baseline({"no_edit": base, "edit": edit.iloc[:2]}, ["ForgetLP"], "no_edit")
+    with pytest.raises(ValueError, match="baseline 'x'"):
+        compare_to_baseline({"no_edit": base}, ["ForgetLP"], "x")

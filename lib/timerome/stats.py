@@ -23,7 +23,7 @@ from scipy import stats as _st
 
 MINUS = "\u2212"
 
-__all__ = ["bootstrap_ci", "paired_t", "stars", "mean_std", "fmt_delta", "MINUS"]
+__all__ = ["bootstrap_ci", "paired_t", "stars", "mean_std", "fmt_mean_std", "fmt_delta", "compare_to_baseline", "MINUS"]
 
 
 def _as_1d(x, name: str = "x", min_len: int = 1) -> np.ndarray:
@@ -115,10 +115,18 @@ def mean_std(x, digits: int = 2) -> str:
     misleading ``± 0.00``). Negative means use the U+2212 minus sign.
     """
     arr = _as_1d(x)
-    m = _signed(float(arr.mean()), digits, plus=False)
-    if arr.size == 1:
+    return fmt_mean_std(float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else None, digits)
+
+
+def fmt_mean_std(mean, std, digits: int = 2) -> str:
+    """``"m ± s"`` from an already computed mean and std (a table's two columns); ``std=None``
+    (one sample) gives ``"m ± n/a"``, a NaN std (no spread reported) gives ``"m"`` alone."""
+    m = _signed(float(mean), digits, plus=False)
+    if std is None:
         return f"{m} ± n/a"
-    return f"{m} ± {float(arr.std(ddof=1)):.{digits}f}"
+    if math.isnan(float(std)):
+        return m
+    return f"{m} ± {float(std):.{digits}f}"
 
 
 def fmt_delta(delta, p=None, digits: int = 2) -> str:
@@ -131,3 +139,44 @@ def fmt_delta(delta, p=None, digits: int = 2) -> str:
     if not math.isfinite(delta):
         raise ValueError(f"delta={delta} is not finite")
     return _signed(delta, digits, plus=True) + stars(p)
+
+
+def compare_to_baseline(per_seed: dict, columns, baseline: str, paired=None):
+    """The rows of a results table: per method, mean and std over seeds of each column, and for
+    the ``paired`` columns (default: all) the difference to ``baseline`` with its paired t-test.
+
+    ``per_seed``: ``{method: frame with a "seed" column and the metric columns}`` (one row per
+    seed, e.g. `metrics.summarize`); every method must have the baseline's seeds, since the test
+    pairs runs by seed. Returns one row per method with columns ``method``, ``n_seeds`` and, per
+    metric ``c``: ``c``, ``c_std``, and (paired) ``d_c``, ``p_c``, ``c_stars``.
+    """
+    import pandas as pd
+
+    if baseline not in per_seed:
+        raise ValueError(f"compare_to_baseline: baseline {baseline!r} is not among the methods {sorted(per_seed)}")
+    columns = list(columns)
+    paired = columns if paired is None else list(paired)
+    base = per_seed[baseline].set_index("seed").sort_index()
+    rows = []
+    for method, frame in per_seed.items():
+        missing = [c for c in ["seed", *columns] if c not in frame.columns]
+        if missing:
+            raise ValueError(f"compare_to_baseline: method {method!r} lacks column(s) {missing}")
+        f = frame.set_index("seed").sort_index()
+        if list(f.index) != list(base.index):
+            raise ValueError(f"compare_to_baseline: method {method!r} has seeds {list(f.index)}, the baseline "
+                             f"{list(base.index)}; paired tests need the same seeds")
+        row = {"method": method, "n_seeds": len(f)}
+        for c in columns:
+            v = f[c].to_numpy(dtype=float)
+            row[c] = float(v.mean())
+            row[f"{c}_std"] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+            if c in paired:
+                if method == baseline or np.isnan(v).any() or base[c].isna().any():
+                    row[f"d_{c}"], row[f"p_{c}"] = (0.0 if method == baseline else math.nan), math.nan
+                else:
+                    row[f"d_{c}"] = float((v - base[c].to_numpy(dtype=float)).mean())
+                    row[f"p_{c}"] = paired_t(v, base[c].to_numpy(dtype=float))[1] if len(v) > 1 else math.nan
+                row[f"{c}_stars"] = stars(row[f"p_{c}"])
+        rows.append(row)
+    return pd.DataFrame(rows)
