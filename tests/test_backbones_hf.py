@@ -244,6 +244,15 @@ def test_logits_shape_and_shift(backbones, case):
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_logits_at_equals_indexed_logits(backbones, case):
+    bb, x = backbones[case], ids(B=3, T=6)
+    att = torch.ones_like(x)
+    att[1, :2] = 0  # left padding
+    rows, cols = [0, 0, 1, 2, 2], [0, 5, 3, 1, 4]
+    assert torch.allclose(bb.logits_at(x, att, rows, cols), bb.logits(x, att)[rows, cols], atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_bidirectional(backbones, case):
     bb = backbones[case]
     a = ids(B=1, T=6)

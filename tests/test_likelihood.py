@@ -101,8 +101,8 @@ Q, A = ["who wrote the red book ?", "carol sings"], ["alice wrote the red book i
 def test_context_is_prompt_then_answer_without_eos(tiny_tokenizer):
     bb = make_tiny_backbone(tiny_tokenizer)
     seen = []
-    orig = bb.logits
-    bb.logits = lambda ids, att=None: (seen.append((ids.clone(), None if att is None else att.clone())), orig(ids, att))[1]
+    orig = bb.logits_at
+    bb.logits_at = lambda ids, att, r, c: (seen.append((ids.clone(), None if att is None else att.clone())), orig(ids, att, r, c))[1]
     r = answer_logprob_details(bb, Q[:1], A[:1], n_mc=8, batch_size=64)
     p, a = encode_example(bb, Q[0], A[0])
     assert p[0] == tiny_tokenizer.bos_token_id and p[1:] == bb.encode(bb.prompt(Q[0]))

@@ -84,6 +84,22 @@ def test_edit_is_removed_even_after_an_exception(tiny_backbone):
     assert torch.equal(bb.logits(x), before)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_logits_at_reads_only_the_asked_positions(tiny_tokenizer, causal):
+    bb = make_tiny_backbone(tiny_tokenizer, causal=causal)
+    x = torch.randint(5, len(tiny_tokenizer), (2, 9))
+    att = torch.ones_like(x)
+    att[0, :3] = 0
+    rows, cols = [0, 1, 1], [8, 0, 4]
+    assert torch.allclose(bb.logits_at(x, att, rows, cols), bb.logits(x, att)[rows, cols], atol=1e-6)
+    assert not bb.model.lm_head._forward_pre_hooks  # the selection hook is gone
+
+
+def test_embedded_tiny_names():
+    from timerome.backbones import tiny_names
+    assert {"tiny-mdlm", "tiny-arm"} <= set(tiny_names())
+
+
 def test_mdlm_batch_never_masks_the_prompt(tiny_tokenizer):
     ex = encode_pairs(tiny_tokenizer, PAIRS, "question: {question} answer:", " ")
     g = torch.Generator().manual_seed(0)

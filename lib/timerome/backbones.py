@@ -148,6 +148,42 @@ class Backbone:
         """[B, T, V] logits where position i scores the token *at* i (Dream's shift undone)."""
         return self.forward_logits(input_ids, attention_mask)
 
+    @torch.no_grad()
+    def logits_at(self, input_ids, attention_mask, rows, cols) -> torch.Tensor:
+        """[N, V]: ``logits(input_ids, attention_mask)[rows, cols]`` without the full [B, T, V].
+
+        The LM head is the biggest matmul of a small model's forward (45% of the tiny backbone's),
+        and a likelihood reads only the masked answer positions; a pre-hook on the output head
+        feeds it just those hidden states. Models without a findable head take the full path.
+        """
+        rows, cols = torch.as_tensor(rows, device=input_ids.device), torch.as_tensor(cols, device=input_ids.device)
+        head = self._output_head()
+        if head is None:
+            return self.logits(input_ids, attention_mask)[rows, cols]
+        raw = (cols - 1).clamp(min=0) if self.adapter.shift_logits else cols  # Dream: i is scored at i-1
+        def select(mod, args):
+            h = args[0]
+            if not (h.is_floating_point() and h.dim() == 3 and h.shape[:2] == input_ids.shape):
+                raise RuntimeError(f"{self.name}: the output head got input of shape {tuple(h.shape)}, not the "
+                                   f"[B, T, H] hidden states; use logits() for this model")
+            return (h[rows, raw][None], *args[1:])
+
+        handle = head.register_forward_pre_hook(select)
+        try:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        finally:
+            handle.remove()
+        logits = out if torch.is_tensor(out) else out.logits
+        if logits.shape[:2] != (1, len(rows)):
+            raise RuntimeError(f"{self.name}: the output head hook gave logits of shape {tuple(logits.shape)}")
+        return logits[0]
+
+    def _output_head(self):
+        head = getattr(self.model, "lm_head", None)
+        if head is None and hasattr(self.model, "get_output_embeddings"):
+            head = self.model.get_output_embeddings()
+        return head if isinstance(head, torch.nn.Linear) else None  # tied/functional heads: full path
+
     def forward_logits(self, input_ids, attention_mask=None):
         """`logits` with autograd left on (for fine-tuning and gradient baselines)."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
@@ -187,7 +223,7 @@ def _load_tiny(path: Path, device, dtype):
 
 
 def tiny_names() -> list[str]:
-    return sorted(p.name for p in WEIGHTS_DIR.glob("*/backbone.json")) if WEIGHTS_DIR.exists() else []
+    return sorted(p.parent.name for p in WEIGHTS_DIR.glob("*/backbone.json")) if WEIGHTS_DIR.exists() else []
 
 
 def load_backbone(name_or_path, *, trust_remote_code=False, device=None, dtype=None, adapter=None,

@@ -172,8 +172,7 @@ def _score_rows(backbone, rows: list[_Row], batch_size: int, group_by_length: bo
             b_pos += [off + p for p in row.pos]
             b_tgt += row.target
             owner += [r] * len(row.pos)
-        logits = backbone.logits(ids.to(device), None if group_by_length else att.to(device))
-        sel = logits[torch.as_tensor(b_rows, device=logits.device), torch.as_tensor(b_pos, device=logits.device)]
+        sel = backbone.logits_at(ids.to(device), None if group_by_length else att.to(device), b_rows, b_pos)
         lp = torch.log_softmax(sel.float(), dim=-1)
         lp = lp.gather(1, torch.as_tensor(b_tgt, device=lp.device)[:, None]).squeeze(1)
         out.index_add_(0, torch.as_tensor(owner), lp.double().cpu())
