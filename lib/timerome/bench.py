@@ -6,10 +6,29 @@
 the standard error of the estimate with stratified mask counts versus i.i.d. mask ratios,
 measured as the spread of the estimate over independent seeds, per example (target: the
 stratified SE ≤ 0.7 × the i.i.d. SE).
+
+    python -m timerome.bench tracer [--backbone tiny-mdlm] [--n 8] [--naive-n 2] [--steps 8]
+
+``tracer``: `trace_tie` on the F_v facts: sequence-forwards and wall time per fact versus the
+naive tracer (every patch trajectory run alone from step 0; its wall time measured on the first
+``naive-n`` facts, against the tracer's on the same facts), target ≤ 0.55 × the naive forwards;
+and throughput as a fraction of plain batched forwards of exactly the same batch shapes (the
+recorded model calls replayed through `Backbone.logits` with no hooks, scoring or commits),
+target ≥ 70%.
+
+    python -m timerome.bench memory [--backbone tiny-mdlm] [--sizes 10,100,400,1000,4000]
+
+``memory``: the edit memory (`timerome.memory`). Install time vs |F| split into capture (real
+TOFU facts) and solve, capture throughput as a fraction of plain batched forwards over the same
+rows and batches (target ≥ 70%; also without the early exit after the hooked layer), solve share
+of install time (target < 5% up to |F| = 4000; also on synthetic keys and for the |F|×|F| Gram
+of Eq. 11); sampling time with |F| = 400, q = 4 installed vs none (target ≤ 1.05×; wall clock
+and the hook's own time); one streaming insert at |F| = 1000 vs a rebuild (target ≥ 20×).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 
@@ -43,6 +62,194 @@ def bench_likelihood(backbone_name="tiny-mdlm", n=100, seeds=20, n_mc=16, split=
             "mean_estimate_stratified": float(est[True].mean()), "mean_estimate_iid": float(est[False].mean())}
 
 
+def bench_tracer(backbone_name="tiny-mdlm", n=8, naive_n=2, steps=8, repeats=3, threads=None):
+    import timerome
+    from timerome import tracer
+
+    if threads:
+        torch.set_num_threads(threads)
+    bb = timerome.load_backbone(backbone_name)
+    facts = tracer.validation_facts(n)
+    tracer.trace_tie(bb, facts[:1], steps=2, modules=("resid",))  # warm-up
+    shapes, plain_logits = [], bb.logits
+    bb.logits = lambda ids, attention_mask=None: shapes.append(tuple(ids.shape)) or plain_logits(ids, attention_mask)
+    res = tracer.trace_tie(bb, facts, steps=steps)
+    bb.logits = plain_logits
+    inputs = {s: torch.randint(2, len(bb.tokenizer), s) for s in set(shapes)}
+    seconds, plain_seconds = [], []  # alternated and the best of each kept: the machine may be shared
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        tracer.trace_tie(bb, facts, steps=steps)
+        seconds.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for s in shapes:
+            bb.logits(inputs[s])
+        plain_seconds.append(time.perf_counter() - t0)
+    seconds, plain_seconds = min(seconds), min(plain_seconds)
+    # the naive tracer, on the first naive_n facts: each trajectory alone, from step 0
+    t0 = time.perf_counter()
+    few = tracer.trace_tie(bb, facts[:naive_n], steps=steps, sigma=res.settings["sigma"])
+    few_seconds = time.perf_counter() - t0
+    names = [f"{m}.{l}" for m in res.modules for l in range(bb.n_layers)]
+    naive = {"forwards": 0, "calls": 0}
+    t0 = time.perf_counter()
+    for f in facts[:naive_n]:
+        p = tracer.prepare_prompt(bb, f)
+        noise = res.settings["sigma"] * tracer.draw_noise(bb, f, p)
+        clean = tracer.run_trajectory(bb, p, steps=steps, capture=names, counts=naive)
+        tracer.run_trajectory(bb, p, steps=steps, noise=noise, counts=naive)
+        for name, k in itertools.product(names, range(steps)):
+            tracer.run_trajectory(bb, p, steps=steps, noise=noise, patches={(name, k): clean.captured[name][k]},
+                                  counts=naive)
+    naive_seconds = time.perf_counter() - t0
+    c = res.counts
+    return {"backbone": backbone_name, "facts": res.fact_ids, "steps": steps, "layers": bb.n_layers,
+            "modules": list(res.modules), "threads": torch.get_num_threads(), "repeats": repeats,
+            "forwards_per_fact": c["forwards"] / n, "naive_forwards_per_fact": c["naive_forwards"] / n,
+            "forward_ratio": c["forwards"] / c["naive_forwards"],  # target <= 0.55
+            "prefix_sharing_only_ratio": c["prefix_shared_forwards"] / c["naive_forwards"],
+            "naive_forwards_counted": naive["forwards"], "naive_forwards_expected": few.counts["naive_forwards"],
+            "rows_per_call": (c["forwards"] - 2 * (steps + 1) * n) / (c["calls"] - 2 * (steps + 1) * n),
+            "seconds_per_fact": seconds / n, "naive_seconds_per_fact": naive_seconds / naive_n,
+            "tracer_seconds_per_fact_same_facts": few_seconds / naive_n,
+            "wall_ratio_same_facts": few_seconds / naive_seconds,
+            "forwards_per_s": c["forwards"] / seconds, "plain_forwards_per_s": c["forwards"] / plain_seconds,
+            "throughput_fraction": plain_seconds / seconds}  # target >= 0.70
+
+
+def _memory_facts(n, split="full"):
+    """n TOFU facts whose subject is in the question, cycling through the split when it has fewer."""
+    from timerome import data
+
+    pool = [f for f in data.load_tofu(split) if f.subject_in == "question"]
+    return [pool[i % len(pool)] for i in range(n)], len(pool)
+
+
+def _plain_forward_s(bb, facts, target, batch_size):
+    """Seconds for plain forwards (to the logits) over exactly the rows and batches a capture runs."""
+    from timerome.memory import _cloze_rows
+    from timerome.sampler import left_pad
+
+    rows, _ = _cloze_rows(bb, facts, target, False)
+    seqs = sorted((s for _, p, _, a, t in rows for s in (p + a, p + t)), key=len)
+    t0 = time.perf_counter()
+    for i in range(0, len(seqs), batch_size):
+        ids, att = left_pad(seqs[i:i + batch_size], bb.pad_id, bb.device)
+        bb.logits(ids, None if bool(att.all()) else att)
+    return time.perf_counter() - t0, len(seqs)
+
+
+def _insert_vs_rebuild(U, D, n, repeats, **kw):
+    """Median seconds of one `insert` into an n-fact memory, and of building the (n+1)-fact memory anew."""
+    from timerome.memory import EditMemory
+
+    mem = EditMemory(U[:n], D[:n], keys=list(range(n)), **kw)
+    ins, reb = [], []
+    for r in range(repeats):
+        j = n + r
+        t0 = time.perf_counter()
+        mem.insert(U[j], D[j], j)
+        ins.append(time.perf_counter() - t0)
+        mem.remove(j)
+        rows = list(range(n)) + [j]
+        t0 = time.perf_counter()
+        EditMemory(U[rows], D[rows], **kw)
+        reb.append(time.perf_counter() - t0)
+    i, b = float(np.median(ins)), float(np.median(reb))
+    return {"form": mem.gram, "insert_s": round(i, 6), "rebuild_s": round(b, 5), "rebuild_over_insert": round(b / i, 1)}
+
+
+def bench_memory(backbone_name="tiny-mdlm", layer=None, sizes=(10, 100, 400, 1000, 4000), batch_size=32,
+                 lam=1.0, alpha=1.0, q=4, overhead_facts=400, gen_prompts=64, gen_length=96, steps=8,
+                 stream_facts=1000, repeats=7, stream_repeats=21, paper_hidden=4096, threads=None):
+    import timerome
+    from timerome import data
+    from timerome.memory import DEFAULT_TARGET, EditMemory, capture_keys, install
+    from timerome.likelihood import encode_example
+    from timerome.sampler import generate
+
+    if threads:
+        torch.set_num_threads(threads)
+    bb = timerome.load_backbone(backbone_name)
+    layer = bb.n_layers // 2 if layer is None else layer
+    warm, n_pool = _memory_facts(8)
+    EditMemory.build(bb, warm, layer, lam=lam, alpha=alpha, q=q)  # warm-up
+    out = {"backbone": backbone_name, "hidden": bb.hidden_size, "layer": layer, "threads": torch.get_num_threads(),
+           "batch_size": batch_size, "lam": lam, "alpha": alpha, "q": q,
+           "facts": f"TOFU full: {n_pool} facts with the subject in the question, cycled beyond that"}
+
+    # --- install time vs |F|: capture of real facts, solve on their keys (and on synthetic keys) ------
+    table = []
+    for n in sizes:
+        facts, _ = _memory_facts(n)
+        k = capture_keys(bb, facts, layer, batch_size=batch_size)  # = EditMemory.build, with unique keys
+        ids = [f"{f}#{i}" for i, f in enumerate(k["fact_ids"])]
+        mem = EditMemory(k["U"], k["D"], lam=lam, alpha=alpha, q=q, keys=ids)
+        cap, solve = k["capture_s"], mem.timings["solve_s"]
+        cap_full = capture_keys(bb, facts, layer, batch_size=batch_size, early_exit=False)["capture_s"]
+        plain_s, n_rows = _plain_forward_s(bb, facts, DEFAULT_TARGET, batch_size)
+        g = torch.Generator().manual_seed(n)
+        synth = torch.randn(n, bb.hidden_size, generator=g, dtype=torch.float64) * mem.U.std() + mem.U.mean(0)
+        solve_syn = EditMemory(synth, synth.flip(0), lam=lam, alpha=alpha, q=q).timings["solve_s"]
+        solve_eq11 = EditMemory(synth, synth.flip(0), lam=lam, alpha=alpha, q=q, gram="facts").timings["solve_s"]
+        table.append({"n_facts": n, "capture_s": round(cap, 4), "solve_s": round(solve, 5), "form": mem.gram,
+                        "solve_share": round(solve / (cap + solve), 5),
+                        "solve_synthetic_s": round(solve_syn, 5),
+                        "solve_share_synthetic": round(solve_syn / (cap + solve_syn), 5),
+                        "solve_facts_form_synthetic_s": round(solve_eq11, 4),
+                        "solve_share_facts_form_synthetic": round(solve_eq11 / (cap + solve_eq11), 4),
+                        "forward_rows": n_rows, "plain_forward_rows_per_s": round(n_rows / plain_s, 1),
+                        "capture_rows_per_s": round(n_rows / cap, 1), "capture_vs_plain": round(plain_s / cap, 3),
+                        "capture_vs_plain_no_early_exit": round(plain_s / cap_full, 3)})
+    out["install"] = table
+
+    # --- sampling overhead: a memory of overhead_facts facts at q installed vs none -------------------
+    facts, n_pool = _memory_facts(overhead_facts)
+    mem = EditMemory.build(bb, facts[:n_pool], layer, lam=lam, alpha=alpha, q=q, batch_size=batch_size)
+    prompts = [encode_example(bb, f.question, f.answer)[0] for f in data.load_tofu("forget10")[:gen_prompts]]
+    run = lambda: generate(bb, prompts, gen_length=gen_length, steps=steps)
+    spent = []
+
+    def timed_delta(h):  # the hook's own work, timed inside the edited runs
+        t0 = time.perf_counter()
+        d = mem.delta(h)
+        spent.append(time.perf_counter() - t0)
+        return d
+
+    run()
+    with install(bb, timed_delta, layer):
+        run()
+    plain_t, edit_t, hook_t = [], [], []
+    for _ in range(repeats):  # interleaved, so background load hits both alike
+        t0 = time.perf_counter()
+        run()
+        plain_t.append(time.perf_counter() - t0)
+        spent.clear()
+        with install(bb, timed_delta, layer):
+            t0 = time.perf_counter()
+            run()
+            edit_t.append(time.perf_counter() - t0)
+        hook_t.append(sum(spent))
+    p, e, h = (float(np.median(x)) for x in (plain_t, edit_t, hook_t))
+    out["sampling"] = {"n_facts": overhead_facts, "q": q, "prompts": gen_prompts, "gen_length": gen_length,
+                       "steps": steps, "repeats": repeats, "plain_s_median": round(p, 4),
+                       "edited_s_median": round(e, 4), "overhead_x_wall": round(e / p, 4),
+                       "hook_s_median": round(h, 4), "overhead_x_from_hook_time": round((p + h) / p, 4)}
+
+    # --- streaming: one insert at |F| = stream_facts vs a rebuild from the stored keys -----------------
+    k = capture_keys(bb, _memory_facts(stream_facts + stream_repeats)[0], layer, batch_size=batch_size)
+    kw = dict(lam=lam, alpha=alpha, q=q)
+    g = torch.Generator().manual_seed(0)
+    U_big = torch.randn(stream_facts + stream_repeats, paper_hidden, generator=g, dtype=torch.float64)
+    n, r = stream_facts, stream_repeats
+    out["streaming"] = {
+        "n_facts": n, "repeats": r, "note": "from stored keys in both cases (capturing the new fact is common to both)",
+        "captured_keys": _insert_vs_rebuild(k["U"], k["D"], n, r, **kw),
+        "captured_keys_facts_form_eq11": _insert_vs_rebuild(k["U"], k["D"], n, r, gram="facts", **kw),
+        f"synthetic_keys_hidden_{paper_hidden}": _insert_vs_rebuild(U_big + 1.0, U_big.flip(0), n, r, **kw)}
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m timerome.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,9 +260,27 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--n-mc", type=int, default=16)
     p.add_argument("--threads", type=int, default=None)
+    p = sub.add_parser("tracer")
+    p.add_argument("--backbone", default="tiny-mdlm")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--naive-n", type=int, default=2)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p = sub.add_parser("memory")
+    p.add_argument("--backbone", default="tiny-mdlm")
+    p.add_argument("--layer", type=int, default=None)
+    p.add_argument("--sizes", default="10,100,400,1000,4000")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.what == "likelihood":
         out = bench_likelihood(args.backbone, args.n, args.seeds, args.n_mc, threads=args.threads)
+    if args.what == "tracer":
+        out = bench_tracer(args.backbone, args.n, args.naive_n, args.steps, args.repeats, threads=args.threads)
+    if args.what == "memory":
+        out = bench_memory(args.backbone, args.layer, tuple(int(n) for n in args.sizes.split(",")),
+                           repeats=args.repeats, threads=args.threads)
     print(json.dumps(out, indent=1))
 
 
