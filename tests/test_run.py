@@ -1,15 +1,30 @@
-"""The main job's runner: notebook selection and parameter validation (nothing executes)."""
+"""The main job's runner: selection, parameter and grid validation, run planning and keys, and
+execution of throwaway notebooks (no model loading): skip/resume, atomic writes, failures,
+parallel workers and the submitit local executor."""
+import json
+
 import nbformat
 import pytest
 
-from timerome import run
+from timerome import report, run
+
+# the toy notebook appends one line per execution to a counter file, so tests can count runs
+COUNTER_CELL = """import json, os, pathlib
+pathlib.Path(tables_dir).mkdir(parents=True, exist_ok=True)
+with open(os.path.join(counter_dir, "executions.txt"), "a") as f:
+    f.write(json.dumps({"alpha": alpha, "seed": seed}) + "\\n")
+if fail_on is not None and seed == fail_on:
+    raise RuntimeError(f"deliberate failure for seed {seed}")
+pathlib.Path(tables_dir, "result.json").write_text(json.dumps({"alpha": alpha, "seed": seed, "value": alpha * seed}))
+print(f"alpha={alpha} seed={seed} value={alpha * seed}")"""
 
 
-def _notebook(path, params_src):
+def _notebook(path, params_src, body=("print(alpha)",)):
     nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     cell = nbformat.v4.new_code_cell(params_src)
     cell.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# toy"), cell, nbformat.v4.new_code_cell("print(alpha)")]
+    nb.cells = [nbformat.v4.new_markdown_cell("# toy"), cell] + [nbformat.v4.new_code_cell(b) for b in body]
     nbformat.write(nb, path)
     return path
 
@@ -18,11 +33,35 @@ def _notebook(path, params_src):
 def repo(tmp_path):
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "params" / "tiny").mkdir(parents=True)
+    (tmp_path / "lib" / "timerome").mkdir(parents=True)
+    (tmp_path / "lib" / "timerome" / "algo.py").write_text("X = 1\n")
     _notebook(tmp_path / "notebooks" / "01_toy.ipynb",
               "alpha = 1.0\nsteps = 8\nname = 'x'\nflag = False\nseeds = [0, 1]\nextra = None\nfigures_dir = '../figures'\ntables_dir = '../tables'")
     _notebook(tmp_path / "notebooks" / "02_other.ipynb", "alpha = 2.0")
     return tmp_path
 
+
+@pytest.fixture
+def sweep_repo(tmp_path):
+    """A repo whose notebook 01_sweep writes tables/result.json and counts its executions."""
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "params" / "tiny").mkdir(parents=True)
+    (tmp_path / "lib" / "timerome").mkdir(parents=True)
+    (tmp_path / "lib" / "timerome" / "algo.py").write_text("X = 1\n")
+    (tmp_path / "counter").mkdir()
+    _notebook(tmp_path / "notebooks" / "01_sweep.ipynb",
+              f"alpha = 1.0\nseed = 0\nfail_on = None\ncounter_dir = {str(tmp_path / 'counter')!r}\n"
+              "figures_dir = '../figures'\ntables_dir = '../tables'", [COUNTER_CELL])
+    (tmp_path / "params" / "tiny" / "01_sweep.yaml").write_text("alpha: 0.5\ngrid:\n  seed: [1, 2, 3]\n")
+    return tmp_path
+
+
+def executions(repo):
+    path = repo / "counter" / "executions.txt"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# --- selection and validation ------------------------------------------------------------------
 
 def test_notebook_parameters_reads_the_tagged_cell(repo):
     d = run.notebook_parameters(repo / "notebooks" / "01_toy.ipynb")
@@ -41,12 +80,20 @@ def test_select_by_name_prefix_and_glob(repo):
 @pytest.mark.parametrize("yaml_text, err, match", [
     ("alpha: 0.5\nsteps: 4\nextra: {a: 1}\n", None, None),
     ("alpha: 1\n", None, None),  # an int is fine where a float is expected
+    ("alpha: 0.5\ngrid: {steps: [4, 8], seeds: [[0], [1, 2]]}\n", None, None),
     ("alhpa: 0.5\n", ValueError, r"unknown parameter\(s\) \['alhpa'\]"),
     ("steps: 2.5\n", TypeError, "'steps' of 01_toy.ipynb must be int"),
     ("flag: 1\n", TypeError, "'flag'"),
     ("seeds: 3\n", TypeError, "'seeds'"),
     ("- alpha\n", ValueError, "top level must be a mapping"),
     ("alpha: [1\n", ValueError, "not valid YAML"),
+    ("grid: [alpha]\n", ValueError, "'grid' must be a non-empty mapping"),
+    ("grid: {}\n", ValueError, "'grid' must be a non-empty mapping"),
+    ("grid: {steps: 4}\n", ValueError, "grid.steps must be a non-empty list"),
+    ("grid: {steps: []}\n", ValueError, "grid.steps must be a non-empty list"),
+    ("grid: {stpes: [4]}\n", ValueError, r"unknown parameter\(s\) \['stpes'\]"),
+    ("grid: {steps: [4, 2.5]}\n", TypeError, r"grid.steps.*'steps' of 01_toy.ipynb must be int"),
+    ("steps: 4\ngrid: {steps: [8]}\n", ValueError, "'steps' is both a fixed parameter and a grid axis"),
 ])
 def test_parameter_files_are_validated(repo, yaml_text, err, match):
     nb = repo / "notebooks" / "01_toy.ipynb"
@@ -72,7 +119,258 @@ def test_notebook_needs_exactly_one_parameters_cell(tmp_path):
         run.notebook_parameters(tmp_path / "x.ipynb")
 
 
+def test_grid_is_a_reserved_parameter_name(tmp_path):
+    _notebook(tmp_path / "x.ipynb", "grid = 1")
+    with pytest.raises(ValueError, match="reserved"):
+        run.notebook_parameters(tmp_path / "x.ipynb")
+
+
 def test_every_committed_notebook_has_valid_tiny_and_paper_params():
     for nb in run.notebooks():
         for profile in ("tiny", "paper"):
             run.load_params(nb, profile)  # raises on any mismatch
+
+
+def test_bad_file_fails_before_anything_runs(sweep_repo):
+    _notebook(sweep_repo / "notebooks" / "02_bad.ipynb", "alpha = 1.0")
+    (sweep_repo / "params" / "tiny" / "02_bad.yaml").write_text("alpha: oops\n")
+    with pytest.raises(TypeError, match="02_bad"):
+        run.main([], repo=sweep_repo)
+    assert executions(sweep_repo) == []  # 01_sweep comes first but did not run
+
+
+# --- grid expansion and planning ---------------------------------------------------------------
+
+def test_plain_file_is_one_run():
+    assert run.expand_grid({"alpha": 1.0}) == [(None, {"alpha": 1.0})]
+
+
+def test_grid_expands_to_every_combination_in_file_order():
+    runs = run.expand_grid({"alpha": 0.5, "grid": {"seed": [0, 1], "q": [2, 4, 8]}})
+    assert [rid for rid, _ in runs] == ["seed-0_q-2", "seed-0_q-4", "seed-0_q-8", "seed-1_q-2", "seed-1_q-4",
+                                        "seed-1_q-8"]
+    assert runs[4][1] == {"alpha": 0.5, "seed": 1, "q": 4}
+
+
+def test_clashing_run_ids_get_a_hash():
+    runs = run.expand_grid({"grid": {"backbone": ["a/b", "a b", "c"]}})
+    ids = [rid for rid, _ in runs]
+    assert len(set(ids)) == 3 and ids[2] == "backbone-c"
+    assert ids[0].startswith("backbone-a-b_") and ids[1].startswith("backbone-a-b_")
+
+
+def test_plan_places_grid_runs_in_their_own_folders(sweep_repo):
+    nb = sweep_repo / "notebooks" / "01_sweep.ipynb"
+    runs = run.plan(nb, "tiny", run.load_params(nb, "tiny", sweep_repo), sweep_repo)
+    assert [r.run_id for r in runs] == ["seed-1", "seed-2", "seed-3"]
+    r = runs[1]
+    assert r.record == sweep_repo / "runs" / "tiny" / "01_sweep" / "seed-2"
+    assert r.executed == r.record / "01_sweep.ipynb" and r.tables == r.record / "tables"
+    assert r.params["tables_dir"] == "../runs/tiny/01_sweep/seed-2/tables"  # relative to the notebook
+    assert len({x.key for x in runs}) == 3
+
+
+def test_plain_runs_keep_the_profile_folders(repo):
+    nb = repo / "notebooks" / "02_other.ipynb"
+    (tiny,) = run.plan(nb, "tiny", {}, repo)
+    assert tiny.executed == nb and tiny.tables == repo / "tables"  # in place
+    assert tiny.record == repo / "runs" / "tiny" / "02_other"
+    (paper,) = run.plan(nb, "paper", {}, repo)
+    assert paper.executed == repo / "runs" / "paper" / "notebooks" / "02_other.ipynb"
+    assert paper.params["figures_dir"] == "../runs/paper/figures"
+
+
+def test_key_covers_code_params_library_and_weights(repo):
+    nb = repo / "notebooks" / "01_toy.ipynb"
+    wdir = repo / "lib" / "timerome" / "weights" / "tiny-x"
+    wdir.mkdir(parents=True)
+    (wdir / "model.safetensors").write_bytes(b"w1")
+    key = lambda params: run.plan(nb, "tiny", params, repo)[0].key
+    k0 = key({"name": "tiny-x"})
+    assert key({"name": "tiny-x"}) == k0
+    assert key({"name": "tiny-y"}) != k0                                   # params
+    (wdir / "model.safetensors").write_bytes(b"w2")
+    k1 = key({"name": "tiny-x"})
+    assert k1 != k0                                                        # weights the params name
+    (repo / "lib" / "timerome" / "algo.py").write_text("X = 2\n")
+    k2 = key({"name": "tiny-x"})
+    assert k2 != k1                                                        # library source
+    book = nbformat.read(nb, as_version=4)
+    book.cells[0].source = "# a different title"                            # markdown: same results
+    nbformat.write(book, nb)
+    assert key({"name": "tiny-x"}) == k2
+    book.cells[-1].source = "print(alpha + 1)"                             # code
+    nbformat.write(book, nb)
+    assert key({"name": "tiny-x"}) != k2
+
+
+def test_weights_are_found_by_model_name_and_by_path(repo):
+    nb = repo / "notebooks" / "01_toy.ipynb"
+    (repo / "lib" / "timerome" / "weights" / "tiny-x").mkdir(parents=True)
+    (repo / "lib" / "timerome" / "weights" / "tiny-x" / "model.safetensors").write_bytes(b"a")
+    (repo / "models" / "ft").mkdir(parents=True)
+    (repo / "models" / "ft" / "adapter.bin").write_bytes(b"b")
+    (repo / "models" / "ft" / "README.md").write_text("not weights")
+    found = run.weights_used({"backbones": ["tiny-x", "../models/ft", "hub/id"], "note": "..", "x": 3}, nb, repo)
+    assert sorted(found) == ["lib/timerome/weights/tiny-x/model.safetensors", "models/ft/adapter.bin"]
+
+
+# --- execution ---------------------------------------------------------------------------------
+
+def test_sweep_runs_skips_and_writes_manifests(sweep_repo):
+    run.main([], repo=sweep_repo)
+    assert sorted(e["seed"] for e in executions(sweep_repo)) == [1, 2, 3]
+    base = sweep_repo / "runs" / "tiny" / "01_sweep"
+    for seed in (1, 2, 3):
+        d = base / f"seed-{seed}"
+        assert json.loads((d / "tables" / "result.json").read_text()) == {"alpha": 0.5, "seed": seed,
+                                                                         "value": 0.5 * seed}
+        m = json.loads((d / "manifest.json").read_text())
+        assert m["status"] == "ok" and m["params"]["seed"] == seed and m["params"]["alpha"] == 0.5
+        assert m["wall_s"] > 0 and m["packages"]["python"] and m["machine"]["cpus"] and m["git_commit"]
+        assert m["outputs"] == [f"runs/tiny/01_sweep/seed-{seed}/tables/result.json"]
+        executed = nbformat.read(d / "01_sweep.ipynb", as_version=4)
+        assert f"value={0.5 * seed}" in executed.cells[-1].outputs[0]["text"]
+        assert not (d / "01_sweep.partial.ipynb").exists()
+    assert not (sweep_repo / "notebooks" / "01_sweep.ipynb.partial").exists()
+
+    run.main([], repo=sweep_repo)  # everything up to date: nothing executes
+    assert len(executions(sweep_repo)) == 3
+    (sweep_repo / "params" / "tiny" / "01_sweep.yaml").write_text("alpha: 0.5\ngrid:\n  seed: [1, 2, 3, 4]\n")
+    run.main([], repo=sweep_repo)  # one new grid point: only it runs
+    assert [e["seed"] for e in executions(sweep_repo)[3:]] == [4]
+    run.main(["--force"], repo=sweep_repo)
+    assert len(executions(sweep_repo)) == 8
+
+
+def test_failed_run_is_reported_with_its_log_and_the_others_go_on(sweep_repo, capsys):
+    (sweep_repo / "params" / "tiny" / "01_sweep.yaml").write_text("alpha: 0.5\nfail_on: 2\ngrid:\n  seed: [1, 2, 3]\n")
+    with pytest.raises(SystemExit, match=r"1 failed") as e:
+        run.main([], repo=sweep_repo)
+    log = sweep_repo / "runs" / "tiny" / "01_sweep" / "seed-2" / "log.txt"
+    assert str(log) in str(e.value)
+    assert "deliberate failure for seed 2" in log.read_text()
+    assert "FAILED 01_sweep/seed-2" in capsys.readouterr().out
+    assert sorted(e["seed"] for e in executions(sweep_repo)) == [1, 2, 3]
+    m = json.loads((log.parent / "manifest.json").read_text())
+    assert m["status"] == "failed" and "deliberate failure" in m["error"]
+    assert not (log.parent / "01_sweep.ipynb").exists()  # no executed copy of a failed run
+    assert (log.parent / "01_sweep.partial.ipynb").exists()  # the partial one, for the reader
+
+
+def test_interrupted_sweep_resumes_where_it_stopped(sweep_repo, monkeypatch):
+    """A crash (here: Ctrl-C) during the second run leaves it 'running'; the next call re-runs it and
+    the third, and skips the first."""
+    calls = []
+    real = run.execute_run
+
+    def crashing(r):
+        calls.append(r.run_id)
+        if r.run_id == "seed-2":
+            raise KeyboardInterrupt
+        return real(r)
+
+    monkeypatch.setattr(run, "execute_run", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run.main([], repo=sweep_repo)
+    assert calls == ["seed-1", "seed-2"]
+    monkeypatch.setattr(run, "execute_run", real)
+    run.main([], repo=sweep_repo)
+    assert [e["seed"] for e in executions(sweep_repo)] == [1, 2, 3]
+
+
+def test_crash_inside_a_run_leaves_a_running_manifest_and_the_old_executed_copy(sweep_repo, monkeypatch):
+    nb = sweep_repo / "notebooks" / "01_sweep.ipynb"
+    (sweep_repo / "params" / "tiny" / "01_sweep.yaml").write_text("alpha: 0.5\n")  # plain file: in place
+    before = nb.read_bytes()
+    import papermill
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.main([], repo=sweep_repo)
+    assert nb.read_bytes() == before
+    m = json.loads((sweep_repo / "runs" / "tiny" / "01_sweep" / "manifest.json").read_text())
+    assert m["status"] == "running"
+    (r,) = run.plan(nb, "tiny", {"alpha": 0.5}, sweep_repo)
+    assert not run.up_to_date(r)
+
+
+def test_tiny_plain_run_executes_in_place(sweep_repo):
+    (sweep_repo / "params" / "tiny" / "01_sweep.yaml").write_text("alpha: 0.25\nseed: 4\n")
+    run.main([], repo=sweep_repo)
+    nb = nbformat.read(sweep_repo / "notebooks" / "01_sweep.ipynb", as_version=4)
+    assert "value=1.0" in nb.cells[-1].outputs[0]["text"]
+    assert nb.metadata.papermill["output_path"] == str(sweep_repo / "notebooks" / "01_sweep.ipynb")
+    assert json.loads((sweep_repo / "tables" / "result.json").read_text())["value"] == 1.0
+    m = json.loads((sweep_repo / "runs" / "tiny" / "01_sweep" / "manifest.json").read_text())
+    assert m["outputs"] == ["tables/result.json"]
+    run.main([], repo=sweep_repo)  # the in-place rewrite does not make it stale
+    assert len(executions(sweep_repo)) == 1
+
+
+def test_later_notebook_reruns_when_an_input_it_names_changes(sweep_repo):
+    (sweep_repo / "params" / "tiny" / "01_sweep.yaml").write_text("alpha: 0.25\nseed: 4\n")
+    _notebook(sweep_repo / "notebooks" / "02_reader.ipynb", "tables_dir = '../tables'\nfigures_dir = '../figures'",
+              ["import json, pathlib\nprint(json.loads(pathlib.Path(tables_dir, 'result.json').read_text()))"])
+    (sweep_repo / "params" / "tiny" / "02_reader.yaml").write_text("{}\n")
+    run.main([], repo=sweep_repo)
+    reader = sweep_repo / "runs" / "tiny" / "02_reader" / "manifest.json"
+    first = json.loads(reader.read_text())
+    assert first["key_parts"]["inputs"] == {"tables/result.json": run.file_hash(sweep_repo / "tables" / "result.json")}
+    run.main([], repo=sweep_repo)
+    assert json.loads(reader.read_text())["started"] == first["started"]  # skipped
+    (sweep_repo / "params" / "tiny" / "01_sweep.yaml").write_text("alpha: 0.25\nseed: 8\n")
+    run.main(["--list"], repo=sweep_repo)
+    run.main([], repo=sweep_repo)
+    nb = nbformat.read(sweep_repo / "notebooks" / "02_reader.ipynb", as_version=4)
+    assert "'value': 2.0" in nb.cells[-1].outputs[0]["text"]
+
+    # as a sweep, each run reads the input from its own tables/, where the runner copied it
+    _notebook(sweep_repo / "notebooks" / "02_reader.ipynb", "tag = 'a'\ntables_dir = '../tables'\nfigures_dir = '../figures'",
+              ["import json, pathlib\nprint(tag, json.loads(pathlib.Path(tables_dir, 'result.json').read_text()))"])
+    (sweep_repo / "params" / "tiny" / "02_reader.yaml").write_text("grid: {tag: [b]}\n")
+    run.main(["02"], repo=sweep_repo)
+    d = sweep_repo / "runs" / "tiny" / "02_reader" / "tag-b"
+    assert (d / "tables" / "result.json").read_bytes() == (sweep_repo / "tables" / "result.json").read_bytes()
+    assert "b {'alpha': 0.25, 'seed': 8" in nbformat.read(d / "02_reader.ipynb", as_version=4).cells[-1].outputs[0]["text"]
+    assert json.loads((d / "manifest.json").read_text())["outputs"] == []  # the copied input is not an output
+
+
+def test_parallel_local_workers(sweep_repo):
+    run.main(["--jobs", "2"], repo=sweep_repo)
+    assert sorted(e["seed"] for e in executions(sweep_repo)) == [1, 2, 3]
+    for seed in (1, 2, 3):
+        m = json.loads((sweep_repo / "runs" / "tiny" / "01_sweep" / f"seed-{seed}" / "manifest.json").read_text())
+        assert m["status"] == "ok"
+
+
+def test_submitit_local_executor(sweep_repo):
+    (sweep_repo / "params" / "tiny" / "01_sweep.yaml").write_text("alpha: 0.5\nfail_on: 3\ngrid:\n  seed: [1, 3]\n")
+    with pytest.raises(SystemExit, match="1 failed"):
+        run.main(["--submitit-local", "--jobs", "2"], repo=sweep_repo)
+    base = sweep_repo / "runs" / "tiny" / "01_sweep"
+    assert json.loads((base / "seed-1" / "manifest.json").read_text())["status"] == "ok"
+    assert json.loads((base / "seed-3" / "manifest.json").read_text())["status"] == "failed"
+    assert (base / "seed-1" / "tables" / "result.json").exists()
+    assert list((sweep_repo / "runs" / "tiny" / "submitit").glob("*_log.out"))  # submitit's own job logs
+
+
+# --- atomic writes -----------------------------------------------------------------------------
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("old")
+
+    def half_then_crash(tmp):
+        open(tmp, "w").write("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        report.atomic_write(path, half_then_crash)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]  # no temp file left behind
+    report.atomic_write(path, lambda tmp: open(tmp, "w").write("new"))
+    assert path.read_text() == "new"

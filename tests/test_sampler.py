@@ -269,6 +269,24 @@ def test_generate_autoregressive_matches_a_manual_greedy_loop(tiny_tokenizer):
         assert out[r, P:].tolist() == x[0, len(p):].tolist()
 
 
+def test_generate_autoregressive_stops_running_once_every_row_ended(tiny_tokenizer):
+    arm = make_tiny_backbone(tiny_tokenizer, causal=True)
+    calls, orig = [], arm.logits_at
+
+    def eos_first(ids, att, rows, cols):
+        calls.append(1)
+        out = orig(ids, att, rows, cols)
+        out[:, arm.eos_id] = out.max() + 1  # every row ends at once
+        return out
+
+    arm.logits_at = eos_first
+    prompts = [_prompt(arm, "who ?"), _prompt(arm)]
+    out = generate_autoregressive(arm, prompts, max_new_tokens=6)
+    P = max(len(p) for p in prompts)
+    assert out.shape == (2, P + 6) and (out[:, P:] == arm.eos_id).all()
+    assert len(calls) == 1
+
+
 def test_generate_autoregressive_rejects_mdlm(bb):
     with pytest.raises(ValueError, match="not autoregressive"):
         generate_autoregressive(bb, [[1, 2]], max_new_tokens=2)

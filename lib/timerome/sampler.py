@@ -161,9 +161,15 @@ def generate_autoregressive(backbone, prompt_ids, *, max_new_tokens: int):
     if not backbone.is_causal:
         raise ValueError(f"{backbone.name or 'this backbone'} is not autoregressive; use generate()")
     x, att = left_pad(prompt_ids, backbone.pad_id, backbone.device)
-    done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    B, P = x.shape
+    done = torch.zeros(B, dtype=torch.bool, device=x.device)
+    rows = torch.arange(B, device=x.device)
     for _ in range(max_new_tokens):
-        nxt = backbone.logits(x, att)[:, -1].argmax(-1)
+        if done.all():  # the rest would be EOS: append it without running the model
+            x = torch.cat([x, torch.full((B, P + max_new_tokens - x.shape[1]), backbone.eos_id, dtype=x.dtype,
+                                         device=x.device)], 1)
+            break
+        nxt = backbone.logits_at(x, att, rows, torch.full_like(rows, x.shape[1] - 1)).argmax(-1)  # last position only
         nxt = torch.where(done, torch.full_like(nxt, backbone.eos_id), nxt)
         done |= nxt == backbone.eos_id
         x = torch.cat([x, nxt[:, None]], 1)

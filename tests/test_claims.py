@@ -1,0 +1,244 @@
+"""The claims ledger on fixture tables: the paper's own numbers must make the shipped spec hold,
+contradicting numbers must not, and missing tables/rows/columns read "not measured yet"."""
+import json
+import math
+
+import nbformat
+import pandas as pd
+import pytest
+
+from timerome import claims
+
+NAN = math.nan
+
+
+def paper_tables(d):
+    """The paper's numbers, in the column layout the notebooks export (params/claims.yaml)."""
+    pd.DataFrame([  # Table I
+        dict(method="no_edit", alpha=NAN, q=NAN, forget_lp=-35.70, retain_lp=-34.76, ks_p=0.514, d_forget_lp=NAN,
+             p_forget_lp=NAN),
+        dict(method="random_layer", alpha=2, q=4, forget_lp=-35.55, retain_lp=-34.71, ks_p=0.513, d_forget_lp=0.15,
+             p_forget_lp=0.6),
+        dict(method="AlphaEdit", alpha=NAN, q=NAN, forget_lp=-47.62, retain_lp=-39.83, ks_p=0.551, d_forget_lp=-11.9,
+             p_forget_lp=NAN),
+        dict(method="MEMIT", alpha=NAN, q=NAN, forget_lp=-39.05, retain_lp=-35.40, ks_p=0.498, d_forget_lp=-3.3,
+             p_forget_lp=NAN),
+        dict(method="timerome", alpha=0.25, q=2, forget_lp=-36.12, retain_lp=-35.09, ks_p=0.534, d_forget_lp=-0.42,
+             p_forget_lp=0.5),
+        dict(method="timerome", alpha=0.5, q=2, forget_lp=-37.55, retain_lp=-36.33, ks_p=0.578, d_forget_lp=-1.85,
+             p_forget_lp=0.1),
+        dict(method="timerome", alpha=1.0, q=2, forget_lp=-42.04, retain_lp=-40.27, ks_p=0.562, d_forget_lp=-6.34,
+             p_forget_lp=0.01),
+        dict(method="timerome", alpha=2.0, q=4, forget_lp=-118.94, retain_lp=-89.08, ks_p=0.153, d_forget_lp=-83.24,
+             p_forget_lp=3e-5),
+    ]).to_csv(d / "table1_canonical_tofu.csv", index=False)
+    pd.DataFrame({  # Table III (install time = capture + solve)
+        "n_facts": [1, 10, 40, 100, 200, 400],
+        "flp_a05": [-6.26, -25.58, -41.71, -36.43, -43.55, -43.55],
+        "flp_a1": [-6.26, -31.11, -46.63, -41.64, -60.16, -62.54],
+        "flp_no_edit": [-35.70, -35.70, -35.70, -34.76, -41.26, -41.26],
+        "capture_s": [5.4, 20.0, 22.13, 28.0, 35.0, 50.0], "solve_s": [1.0, 3.7, 3.87, 4.6, 5.0, 6.1]},
+    ).to_csv(d / "table3_scalability.csv", index=False)
+    k = [1, 5, 10, 20, 30, 40, 50]
+    pd.DataFrame({  # Table V
+        "alpha": [1.0] * 7 + [0.5] * 7, "n_inserted": k * 2,
+        "forget_lp": [-10.13, -7.78, -33.83, -43.63, -43.80, -45.45, -45.45,
+                      -8.17, -5.50, -28.67, -37.77, -38.36, -40.69, -40.69],
+        "retain_lp": [-39.29, -42.88, -43.67, -41.52, -41.07, -41.06, -41.06,
+                      -35.87, -36.29, -36.34, -36.60, -36.25, -36.63, -36.63],
+        "real_auth": [-14.52, -15.77, -16.65, -16.37, -16.44, -15.97, -15.97,
+                      -12.29, -12.11, -12.38, -13.34, -13.67, -13.64, -13.64]},
+    ).to_csv(d / "table5_streaming.csv", index=False)
+    rows = [dict(module=m, layer=layer, step=step,
+                 mean_abs_tie=(3.0 if m == "resid" else 1.0) * math.exp(-((layer - 19) / 6) ** 2 - (step - 1.5) ** 2))
+            for m in ("resid", "attn", "mlp") for layer in range(32) for step in range(8)]
+    pd.DataFrame(rows).to_csv(d / "tie_layer_ranking.csv", index=False)
+
+
+@pytest.fixture
+def spec_entries():
+    return {e["id"]: e for e in claims.load_spec()}
+
+
+def test_shipped_spec_is_valid_and_covers_the_paper(spec_entries):
+    ids = set(spec_entries)
+    for needed in ("t1_dflp", "t5_retain_flat", "t3_install_sublinear", "tie_resid_dominates", "f5_resid_vs_attn_mlp",
+                   "f5_all_steps_vs_one", "f5_speedup", "f5_zero_memory"):
+        assert needed in ids
+    assert spec_entries["t1_dflp"]["paper"] == -83.24
+
+
+def test_nothing_measured_is_never_an_error(tmp_path):
+    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path)
+    assert set(df.verdict) == {claims.NOT_MEASURED}
+    assert df.set_index("id").loc["t1_dflp", "note"] == "table1_canonical_tofu.csv not written yet"
+    assert df.measured.isna().all()
+
+
+def test_the_papers_own_numbers_hold(tmp_path):
+    paper_tables(tmp_path)
+    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path).set_index("id")
+    measured_here = [i for i in df.index if df.loc[i, "tables"] in
+                     ("table1_canonical_tofu.csv", "table3_scalability.csv", "table5_streaming.csv",
+                      "tie_layer_ranking.csv")]
+    assert len(measured_here) >= 20
+    assert df.loc[measured_here, "verdict"].eq(claims.HOLDS).all(), df.loc[measured_here, ["measured", "note"]]
+    assert df.loc["t1_dflp", "measured"] == pytest.approx(-83.24)
+    assert df.loc["t1_vs_alphaedit", "measured"] == pytest.approx(83.24 / 11.9)  # names compare without case
+    assert df.loc["t3_install_sublinear", "measured"] == pytest.approx(56.1 / 6.4)
+    assert df.loc["t5_retain_flat", "measured"] == pytest.approx(36.63 - 35.87)
+    assert df.loc["t5_retain_steady", "measured"] == pytest.approx(36.63 - 36.25)
+    assert df.loc["tie_band_layer", "measured"] == pytest.approx(19 / 31)
+    assert df.loc["tie_band_step", "measured"] == pytest.approx(1 / 8)
+    assert df.loc["tie_resid_dominates", "measured"] == pytest.approx(3.0)
+    assert df.loc["t2_every_backbone", "verdict"] == claims.NOT_MEASURED
+
+
+def test_contradicting_numbers_do_not_hold(tmp_path):
+    paper_tables(tmp_path)
+    t1 = pd.read_csv(tmp_path / "table1_canonical_tofu.csv")
+    t1.loc[t1.alpha.eq(2) & t1.q.eq(4) & t1.method.eq("timerome"), ["d_forget_lp", "p_forget_lp"]] = [-20.0, 0.2]
+    t1.to_csv(tmp_path / "table1_canonical_tofu.csv", index=False)
+    t5 = pd.read_csv(tmp_path / "table5_streaming.csv")
+    t5.loc[t5.alpha.eq(0.5) & t5.n_inserted.eq(50), "retain_lp"] = -40.0
+    t5.to_csv(tmp_path / "table5_streaming.csv", index=False)
+    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path).set_index("id")
+    row = df.loc["t1_dflp"]  # right sign, a quarter of the size: direction yes, magnitude no
+    assert (row.verdict, row.direction_ok, row.magnitude_ok) == (claims.FAILS, "yes", "no")
+    assert (df.loc["t1_dflp_p", "direction_ok"], df.loc["t1_dflp_p", "magnitude_ok"]) == ("no", "no")
+    assert df.loc["t5_retain_flat", "verdict"] == claims.FAILS
+    assert df.loc["t5_retain_flat", "measured"] == pytest.approx(40.0 - 35.87)
+
+
+def test_missing_row_or_column_is_not_measured_yet(tmp_path):
+    paper_tables(tmp_path)
+    t1 = pd.read_csv(tmp_path / "table1_canonical_tofu.csv")
+    t1[t1.method != "MEMIT"].drop(columns="ks_p").to_csv(tmp_path / "table1_canonical_tofu.csv", index=False)
+    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path).set_index("id")
+    assert df.loc["t1_vs_memit", "verdict"] == claims.NOT_MEASURED
+    assert "no row of table1_canonical_tofu.csv where method=memit" in df.loc["t1_vs_memit", "note"]
+    assert df.loc["t1_ks_p", "verdict"] == claims.NOT_MEASURED
+    assert "ks_p" in df.loc["t1_ks_p", "note"]
+    assert df.loc["t1_dflp", "verdict"] == claims.HOLDS
+
+
+def _spec(tmp_path, entries):
+    path = tmp_path / "spec.yaml"
+    path.write_text(json.dumps(entries))  # JSON is YAML
+    return path
+
+
+def _entry(**kw):
+    e = {"id": "c", "claim": "x", "paper": 2.0, "notebook": "01_x",
+         "measure": {"csv": "t.csv", "operands": {"v": {"column": "y", "agg": "max"}}}, "direction": {">": 0}}
+    e.update(kw)
+    return e
+
+
+@pytest.mark.parametrize("entry, match", [
+    (_entry(measure={"csv": "t.csv", "operands": {"v": {"column": "y", "agg": "top"}}}), "unknown agg 'top'"),
+    (_entry(direction={"~": 0}), r"unknown rule\(s\) \['~'\]"),
+    (_entry(direction=None), "give a direction or a magnitude"),
+    (_entry(paper="big"), "paper must be a number"),
+    (_entry(colour="red"), r"unknown key\(s\) \['colour'\]"),
+    ({"id": "c", "claim": "x"}, r"missing key\(s\)"),
+    (_entry(measure={"csv": "t.csv", "operands": {"a": {"column": "y"}, "b": {"column": "y"}}}), "'value' expression"),
+    (_entry(measure={"csv": "t.csv", "operands": {"a": {"column": "y"}}, "value": "__import__('os')"}),
+     "not arithmetic over the operands"),
+    (_entry(measure={"operands": {"a": {"column": "y"}}}), "names no csv"),
+    (_entry(measure={"csv": "t.csv", "operands": {"a": {"column": "y", "agg": "argmax"}}}), "needs 'by'"),
+    (_entry(measure={"csv": "t.csv", "operands": {"a": {"column": "y", "where": {"x": {"=>": 1}}}}}),
+     "unknown operator"),
+    (_entry(paper=None, magnitude={"within": 1}), "need the paper's value"),
+])
+def test_spec_mistakes_are_errors_naming_the_entry(tmp_path, entry, match):
+    with pytest.raises(ValueError, match=match) as e:
+        claims.load_spec(_spec(tmp_path, [entry]))
+    assert "claim #1" in str(e.value)
+
+
+def test_duplicate_ids_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="duplicate id 'c'"):
+        claims.load_spec(_spec(tmp_path, [_entry(), _entry()]))
+
+
+def test_operand_aggregations(tmp_path):
+    pd.DataFrame({"g": ["A", "a", "b", "b"], "x": [1, 2, 3, 4], "y": [10.0, 30.0, 20.0, 5.0]}).to_csv(
+        tmp_path / "t.csv", index=False)
+    val = lambda **op: claims.operand_value({"csv": "t.csv", **op}, tmp_path)
+    assert val(column="y", agg="max") == 30.0
+    assert val(column="y", agg="range") == 25.0
+    assert val(column="x", agg="argmax", by="y") == 2
+    assert val(column="y", agg="last", by="x") == 5.0
+    assert val(column="y", agg="first", by="y") == 5.0
+    assert val(column="y", agg="count", where={"g": "a"}) == 2  # "A" and "a"
+    assert val(column="y", where={"g": "b", "x": {">": 3}}) == 5.0
+    assert val(column="y", agg="mean", where={"x": [1, 3]}) == 15.0
+    assert val(column="x * y", where={"x": 2}) == 60.0
+    assert val(column="y", agg="spearman", by="x") == pytest.approx(-0.4)
+    with pytest.raises(claims.NotMeasured, match="2 rows of t.csv match g=b; expected one"):
+        val(column="y", where={"g": "b"})
+    with pytest.raises(claims.NotMeasured, match="no column 'z'"):
+        val(column="y", where={"z": 1})
+    with pytest.raises(claims.NotMeasured, match="cannot compute 'w'"):
+        val(column="w", agg="max")
+
+
+def test_json_tables_are_one_row(tmp_path):
+    (tmp_path / "tie_coordinate.json").write_text(json.dumps({"layer": 3, "module": "resid", "steps": None}))
+    assert claims.operand_value({"csv": "tie_coordinate.json", "column": "layer"}, tmp_path) == 3
+
+
+@pytest.mark.parametrize("value, rule, paper, ok", [
+    (-83.0, {"<": 0}, -83.24, True), (1.0, {"<": 0}, -83.24, False),
+    (-50.0, {"within_factor": 2}, -83.24, True), (-30.0, {"within_factor": 2}, -83.24, False),
+    (50.0, {"within_factor": 2}, -83.24, False),  # wrong sign is never within a factor
+    (0.8, {"within": 0.5}, 1.0, True), (0.4, {"within": 0.5}, 1.0, False),
+    (0.3, {"between": [0.25, 0.62], ">": 0.2}, None, True), (0.7, {"between": [0.25, 0.62]}, None, False),
+])
+def test_rules(value, rule, paper, ok):
+    assert claims.judge(value, rule, paper) is ok
+
+
+def test_ledger_files_are_byte_identical_and_name_the_cell(tmp_path):
+    paper_tables(tmp_path)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Table I"), nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell('report.save_table(t, "table1_canonical_tofu", tables_dir, caption="", label="")')]
+    nbformat.write(nb, tmp_path / "02_canonical_tofu.ipynb")
+    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path)
+    assert df.set_index("id").loc["t1_dflp", "notebook_cell"] == "02_canonical_tofu.ipynb, cell 3"
+    csv, md = claims.write_ledger(df, tmp_path, "Claims")
+    first = csv.read_bytes(), md.read_bytes()
+    claims.write_ledger(claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path), tmp_path, "Claims")
+    assert (csv.read_bytes(), md.read_bytes()) == first
+    text = md.read_text()
+    assert "| t1_dflp |" in text and "**holds**" in text and "−83.24 nats" in text
+    back = pd.read_csv(csv)
+    assert back.set_index("id").loc["t1_dflp", "measured"] == -83.24  # full precision in the CSV
+
+
+def test_command_line_writes_into_the_tables_dir(tmp_path, capsys):
+    paper_tables(tmp_path)
+    claims.main(["--tables-dir", str(tmp_path)])
+    assert (tmp_path / "claims.md").exists() and (tmp_path / "claims.csv").exists()
+    assert "holds" in capsys.readouterr().out
+
+
+def test_the_notebooks_naming_style_is_understood(tmp_path):
+    """02_canonical_tofu labels rows "TimeROME (α=2, q=4)" and names columns d_ForgetLP, KS_p."""
+    pd.DataFrame([
+        {"method": "no_edit", "alpha": NAN, "q": NAN, "ForgetLP": -30.0, "KS_p": 0.5, "d_ForgetLP": 0.0, "p_ForgetLP": NAN},
+        {"method": "random_layer", "alpha": 2.0, "q": 4, "ForgetLP": -31.0, "KS_p": 0.4, "d_ForgetLP": -1.0,
+         "p_ForgetLP": 0.3},
+        {"method": "TimeROME (α=1, q=2)", "alpha": 1.0, "q": 2, "ForgetLP": -40.0, "KS_p": 0.3, "d_ForgetLP": -10.0,
+         "p_ForgetLP": 0.01},
+        {"method": "TimeROME (α=2, q=4)", "alpha": 2.0, "q": 4, "ForgetLP": -90.0, "KS_p": 0.2, "d_ForgetLP": -60.0,
+         "p_ForgetLP": 1e-5},
+    ]).to_csv(tmp_path / "table1_canonical_tofu.csv", index=False)
+    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path).set_index("id")
+    assert df.loc["t1_dflp", "measured"] == -60.0 and df.loc["t1_dflp", "verdict"] == claims.HOLDS
+    assert df.loc["t1_dflp_relative", "measured"] == pytest.approx(-2.0)
+    assert df.loc["t1_ks_p", "measured"] == pytest.approx(0.4)
+    assert df.loc["t1_random_layer", "measured"] == pytest.approx(-1.0)
+    assert df.loc["t1_vs_memit", "verdict"] == claims.NOT_MEASURED

@@ -1,0 +1,82 @@
+"""Exports: CSV at full precision and the booktabs LaTeX view from one frame; byte-identical
+re-writes; atomic writes."""
+import math
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+
+from timerome import report
+
+
+@pytest.fixture
+def table():
+    return pd.DataFrame({
+        "method": ["no_edit", "timerome", "R&D_x"],
+        "forget_lp": [-35.70123456789012, -118.94, -40.0], "forget_lp_std": [3.9149, 7.7, math.nan],
+        "d_forget_lp": [math.nan, -83.2412, 0.004], "p_forget_lp": [math.nan, 3e-5, 0.5],
+        "ks_p": [0.514, 0.153, 0.5], "n": [5, 5, 1],
+    })
+
+
+def test_csv_is_the_whole_frame_at_full_precision(table, tmp_path):
+    csv, tex = report.save_table(table, "t1", tmp_path, caption="c", label="tab:t1")
+    back = pd.read_csv(csv)
+    assert list(back.columns) == list(table.columns)
+    pd.testing.assert_frame_equal(back, table)  # exact: every float round-trips
+    assert "\r" not in csv.read_text()
+
+
+def test_latex_view_has_booktabs_pm_stars_caption_label(table, tmp_path):
+    _, tex = report.save_table(table, "t1", tmp_path, caption="Table I: 50% of facts", label="tab:t1",
+                               pm={"forget_lp": "forget_lp_std"}, deltas={"d_forget_lp": "p_forget_lp"},
+                               headers={"d_forget_lp": r"$\Delta$ fLP"})
+    text = tex.read_text()
+    for part in (r"\toprule", r"\midrule", r"\bottomrule", r"\caption{Table I: 50% of facts}", r"\label{tab:t1}"):
+        assert part in text
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("method"))
+    assert header == r"method & forget\_lp & $\Delta$ fLP & ks\_p & n \\"  # std and p columns folded in
+    assert r"no\_edit & $-35.70 \pm 3.91$ & -- & 0.514 & 5 \\" in lines
+    assert r"timerome & $-118.94 \pm 7.70$ & $-83.24^{***}$ & 0.153 & 5 \\" in lines
+    assert r"R\&D\_x & $-40.00$ & $0.00$ & 0.500 & 1 \\" in lines  # no std: mean alone; rounds to 0: no sign
+    assert r"\begin{tabular}{lrrrr}" in text  # numbers right-aligned
+
+
+def test_stars_follow_the_stats_thresholds(tmp_path):
+    df = pd.DataFrame({"d": [-1.0, -1.0, -1.0, -1.0], "p": [0.2, 0.04, 0.009, 5e-5]})
+    text = report.latex_table(df, caption="c", label="l", deltas={"d": "p"})
+    assert [s in text for s in ("$-1.00$", "$-1.00^{*}$", "$-1.00^{**}$", "$-1.00^{***}$")] == [True] * 4
+
+
+def test_unknown_columns_are_named(table):
+    with pytest.raises(KeyError, match=r"pm=\{'forget_lp': 'forget_std'\}: no column\(s\) \['forget_std'\]"):
+        report.latex_table(table, caption="c", label="l", pm={"forget_lp": "forget_std"})
+    with pytest.raises(KeyError, match="no column 'ForgetLP'"):
+        report.latex_table(table, caption="c", label="l", headers={"ForgetLP": "x"})
+
+
+def test_rewrites_are_byte_identical(table, tmp_path):
+    kw = dict(caption="c", label="l", pm={"forget_lp": "forget_lp_std"}, deltas={"d_forget_lp": "p_forget_lp"})
+    first = [p.read_bytes() for p in report.save_table(table, "t", tmp_path, **kw)]
+    assert [p.read_bytes() for p in report.save_table(table.copy(), "t", tmp_path, **kw)] == first
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    figs = [p.read_bytes() for p in report.save_figure(fig, "f", tmp_path)]
+    assert [p.read_bytes() for p in report.save_figure(fig, "f", tmp_path)] == figs
+    plt.close(fig)
+
+
+def test_a_crash_while_writing_keeps_the_previous_table(table, tmp_path, monkeypatch):
+    csv, tex = report.save_table(table, "t", tmp_path, caption="c", label="l")
+    before = csv.read_bytes()
+
+    def crash(self, path, **kw):
+        open(path, "w").write("method,forget")  # half a file, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", crash)
+    with pytest.raises(KeyboardInterrupt):
+        report.save_table(table.iloc[:1], "t", tmp_path, caption="c", label="l")
+    assert csv.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.tex"]
