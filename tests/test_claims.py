@@ -36,9 +36,11 @@ def paper_tables(d):
         "n_facts": [1, 10, 40, 100, 200, 400],
         "flp_a05": [-6.26, -25.58, -41.71, -36.43, -43.55, -43.55],
         "flp_a1": [-6.26, -31.11, -46.63, -41.64, -60.16, -62.54],
-        "flp_no_edit": [-35.70, -35.70, -35.70, -34.76, -41.26, -41.26],
-        "capture_s": [5.4, 20.0, 22.13, 28.0, 35.0, 50.0], "solve_s": [1.0, 3.7, 3.87, 4.6, 5.0, 6.1]},
+        "flp_no_edit": [-35.70, -35.70, -35.70, -34.76, -41.26, -41.26]},
     ).to_csv(d / "table3_scalability.csv", index=False)
+    pd.DataFrame({"n_facts": [1, 10, 40, 100, 200, 400],  # Table III's wall-clock columns
+                  "capture_s": [5.4, 20.0, 22.13, 28.0, 35.0, 50.0], "solve_s": [1.0, 3.7, 3.87, 4.6, 5.0, 6.1]},
+                 ).to_csv(d / "table3_install_times.csv", index=False)
     k = [1, 5, 10, 20, 30, 40, 50]
     pd.DataFrame({  # Table V
         "alpha": [1.0] * 7 + [0.5] * 7, "n_inserted": k * 2,
@@ -79,7 +81,7 @@ def test_the_papers_own_numbers_hold(tmp_path):
     paper_tables(tmp_path)
     df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path).set_index("id")
     measured_here = [i for i in df.index if df.loc[i, "tables"] in
-                     ("table1_canonical_tofu.csv", "table3_scalability.csv", "table5_streaming.csv",
+                     ("table1_canonical_tofu.csv", "table3_scalability.csv", "table3_install_times.csv", "table5_streaming.csv",
                       "tie_layer_ranking.csv")]
     assert len(measured_here) >= 20
     assert df.loc[measured_here, "verdict"].eq(claims.HOLDS).all(), df.loc[measured_here, ["measured", "note"]]
