@@ -148,7 +148,8 @@ def compare_to_baseline(per_seed: dict, columns, baseline: str, paired=None):
     ``per_seed``: ``{method: frame with a "seed" column and the metric columns}`` (one row per
     seed, e.g. `metrics.summarize`); every method must have the baseline's seeds, since the test
     pairs runs by seed. Returns one row per method with columns ``method``, ``n_seeds`` and, per
-    metric ``c``: ``c``, ``c_std``, and (paired) ``d_c``, ``p_c``, ``c_stars``.
+    metric ``c``: ``c``, ``c_std``, and (paired) ``d_c``, ``p_c`` (all numbers: `report.save_table`
+    renders ``m ± s`` and the stars).
     """
     import pandas as pd
 
@@ -177,6 +178,5 @@ def compare_to_baseline(per_seed: dict, columns, baseline: str, paired=None):
                 else:
                     row[f"d_{c}"] = float((v - base[c].to_numpy(dtype=float)).mean())
                     row[f"p_{c}"] = paired_t(v, base[c].to_numpy(dtype=float))[1] if len(v) > 1 else math.nan
-                row[f"{c}_stars"] = stars(row[f"p_{c}"])
         rows.append(row)
     return pd.DataFrame(rows)
