@@ -29,12 +29,17 @@ def _notebook(path, params_src, body=("print(alpha)",)):
     return path
 
 
-@pytest.fixture
-def repo(tmp_path):
+def _skeleton(tmp_path):
+    """notebooks/, params/tiny/ and a one-file library: what the runner expects of a repo."""
     (tmp_path / "notebooks").mkdir()
     (tmp_path / "params" / "tiny").mkdir(parents=True)
     (tmp_path / "lib" / "timerome").mkdir(parents=True)
     (tmp_path / "lib" / "timerome" / "algo.py").write_text("X = 1\n")
+
+
+@pytest.fixture
+def repo(tmp_path):
+    _skeleton(tmp_path)
     _notebook(tmp_path / "notebooks" / "01_toy.ipynb",
               "alpha = 1.0\nsteps = 8\nname = 'x'\nflag = False\nseeds = [0, 1]\nextra = None\nfigures_dir = '../figures'\ntables_dir = '../tables'")
     _notebook(tmp_path / "notebooks" / "02_other.ipynb", "alpha = 2.0")
@@ -44,10 +49,7 @@ def repo(tmp_path):
 @pytest.fixture
 def sweep_repo(tmp_path):
     """A repo whose notebook 01_sweep writes tables/result.json and counts its executions."""
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "params" / "tiny").mkdir(parents=True)
-    (tmp_path / "lib" / "timerome").mkdir(parents=True)
-    (tmp_path / "lib" / "timerome" / "algo.py").write_text("X = 1\n")
+    _skeleton(tmp_path)
     (tmp_path / "counter").mkdir()
     _notebook(tmp_path / "notebooks" / "01_sweep.ipynb",
               f"alpha = 1.0\nseed = 0\nfail_on = None\ncounter_dir = {str(tmp_path / 'counter')!r}\n"

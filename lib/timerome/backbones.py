@@ -199,6 +199,11 @@ class Backbone:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def prompt_ids(self, question: str) -> list[int]:
+        """The ids a question is given to the model as: BOS (if the tokenizer has one) + prompt."""
+        bos = self.tokenizer.bos_token_id
+        return ([bos] if bos is not None else []) + self.encode(self.prompt(question))
+
     def __repr__(self):
         return (f"Backbone({self.name!r}, adapter={self.adapter.name}, layers={self.n_layers}, "
                 f"hidden={self.hidden_size}, mask_id={self.mask_id})")

@@ -105,8 +105,7 @@ class AnswerLogprob(NamedTuple):
 # --- tokenisation ------------------------------------------------------------------------------
 def encode_example(backbone, question: str, answer: str) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids) exactly as the backbone is prompted; the answer has no EOS."""
-    bos = backbone.tokenizer.bos_token_id
-    prompt = ([bos] if bos is not None else []) + list(backbone.encode(backbone.prompt(question)))
+    prompt = backbone.prompt_ids(question)
     ans = list(backbone.encode(backbone.answer_prefix + answer))
     if not ans:
         raise ValueError(f"answer {answer!r} encodes to no tokens (answer_prefix={backbone.answer_prefix!r})")

@@ -73,8 +73,7 @@ def generate_answers(backbone, questions, *, gen_length: int = 96, steps: int = 
     """Greedy answers as token ids (up to, not including, the first EOS)."""
     out = []
     for i in range(0, len(questions), batch_size):
-        prompts = [[backbone.tokenizer.bos_token_id] * (backbone.tokenizer.bos_token_id is not None)
-                   + backbone.encode(backbone.prompt(q)) for q in questions[i:i + batch_size]]
+        prompts = [backbone.prompt_ids(q) for q in questions[i:i + batch_size]]
         if backbone.is_causal:
             toks = generate_autoregressive(backbone, prompts, max_new_tokens=gen_length)
         else:
