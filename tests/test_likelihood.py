@@ -137,6 +137,39 @@ def test_mask_counts_stratified_and_iid():
     assert (h / h.sum() - 0.2).abs().max() < 0.015
 
 
+def test_balanced_masks_are_uniform_windows_that_cover_evenly():
+    g = torch.Generator().manual_seed(0)
+    L, n = 7, 16
+    hits = torch.zeros(n, L)
+    for _ in range(3000):
+        counts, masks = sample_masks(L, n, g)  # stratified, balanced by default
+        assert torch.equal(masks.sum(1), counts)
+        hits += masks
+        # weighted coverage sum_j (L / l_j) [i masked by j]: as even as the window sizes allow
+        cover = (masks * (L / counts)[:, None]).sum(0)
+        assert float(cover.max() - cover.min()) <= 2 * L
+    # each sample alone masks uniformly random positions (so the estimator stays unbiased)
+    freq = hits / hits.sum(1, keepdim=True)
+    assert float((freq - 1 / L).abs().max()) < 0.02
+    # and balanced=False keeps independent subsets
+    counts, masks = sample_masks(L, n, g, balanced=False)
+    assert torch.equal(masks.sum(1), counts)
+
+
+def test_balanced_positions_cut_the_within_count_variance():
+    # context-free model with unequal token probabilities: the expected value does not depend on
+    # l (nothing for stratification to remove), all the variance is which tokens get masked
+    bb = toy_backbone(seed=3)
+    q, ans = "s", "a d b c a b"
+    terms = elbo_terms(bb, q, ans)
+    ref = exact_elbo(bb, q, ans)
+    v = {b: torch.stack([answer_logprob(bb, [q], [ans], n_mc=16, seed=k, balanced=b)[0] for k in range(300)])
+         for b in (True, False)}
+    assert 0.6 < float(v[False].var()) / mc_variance(terms, 16, stratified=True) < 1.6
+    assert float(v[True].var()) < 0.5 * float(v[False].var())
+    assert abs(float(v[True].mean()) - ref) < 4 * float(v[True].std()) / math.sqrt(300) + 1e-9
+
+
 # --- exactness on models with closed-form answers ----------------------------------------------------
 def test_context_free_model_equal_probs_is_exact_for_every_mask_pattern():
     tok = ToyTokenizer()
@@ -212,11 +245,13 @@ def test_estimators_unbiased_with_the_exact_variance(tiny_tokenizer):
     terms = elbo_terms(bb, q, ans)
     assert len(terms) == len(encode_example(bb, q, ans)[1]) == 6
     ref = exact_elbo(bb, q, ans)
-    for strat in (True, False):
-        v = torch.stack([answer_logprob(bb, [q], [ans], n_mc=16, seed=k, stratified=strat)[0] for k in range(200)])
+    for strat, bal in ((True, False), (False, False), (True, True)):
+        v = torch.stack([answer_logprob(bb, [q], [ans], n_mc=16, seed=k, stratified=strat, balanced=bal)[0]
+                         for k in range(200)])
         se = float(v.std()) / math.sqrt(len(v))
-        assert abs(float(v.mean()) - ref) < 4 * se, (strat, float(v.mean()), ref, se)
-        assert 0.6 < float(v.var()) / mc_variance(terms, 16, stratified=strat) < 1.6
+        assert abs(float(v.mean()) - ref) < 4 * se, (strat, bal, float(v.mean()), ref, se)
+        if not bal:  # mc_variance is exact for independent positions
+            assert 0.6 < float(v.var()) / mc_variance(terms, 16, stratified=strat) < 1.6
     # a random model's predictions barely depend on how much answer is visible: little to stratify
     assert mc_variance(terms, 16, stratified=True) <= mc_variance(terms, 16, stratified=False)
 
@@ -250,7 +285,7 @@ def test_stratification_removes_the_between_count_variance():
     terms = elbo_terms(bb, "s", "a b c d a")
     ratio = mc_variance(terms, 16, stratified=True) / mc_variance(terms, 16, stratified=False)
     assert ratio < 0.5
-    est = {s: torch.stack([answer_logprob(bb, ["s"], ["a b c d a"], n_mc=16, seed=k, stratified=s)[0]
+    est = {s: torch.stack([answer_logprob(bb, ["s"], ["a b c d a"], n_mc=16, seed=k, stratified=s, balanced=False)[0]
                            for k in range(200)]) for s in (True, False)}
     assert float(est[True].var()) < 0.7 * float(est[False].var())
     for s, v in est.items():

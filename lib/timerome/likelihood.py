@@ -43,14 +43,27 @@ the model's conditionals agree across orders, e.g. when they are context-free).
   offset ``k`` and rounds ``linspace(k, k + (n-1) L/n)`` half-to-even, so when ``L/n`` has a
   fractional .5 the counts are not uniform over 1..L: for ``L=4, n_mc=8`` they are 1,2,3,4 with
   frequencies 1/8, 3/8, 1/8, 3/8 -- a small bias. The continuous offset avoids that.)
-* ``stratified=False``: each sample draws ``l`` uniformly from ``1..L`` independently (i.i.d.).
+* ``balanced`` (default: on with ``stratified``): the positions are balanced across the samples
+  too. One uniform permutation of the answer positions is drawn per example and sample ``j``
+  masks a window of ``l_j`` consecutive entries of it, the windows laid end to end around the
+  permutation; every position is then masked by about the same number of samples (weighted by
+  ``L / l_j``), instead of some positions by many samples and others by none. A window of a
+  uniform permutation is a uniform ``l_j``-subset, so each sample has exactly the distribution
+  above and the estimate stays unbiased; only the samples' errors become negatively correlated
+  (systematic sampling of the positions).
+* ``stratified=False``: each sample draws ``l`` uniformly from ``1..L`` and its own uniform
+  subset of positions, independently of the others (plain i.i.d.; ``balanced`` off by default).
 
 Variance: a sample's variance is the spread of ``E[sample | l]`` over ``l`` (between) plus the
 spread over which ``l`` tokens are masked (within). Stratification removes most of the between
 part (all of it when ``L`` divides ``n_mc``) and leaves the within part unchanged, so it helps
 most when the expected value depends strongly on how much answer context is visible (trained
-models) and hardly at all for a model whose predictions ignore context. `mc_variance` computes
-both estimators' variances exactly from `elbo_terms`.
+models) and hardly at all for a model whose predictions ignore context. Balancing the positions
+attacks the within part: a sample with few masked tokens weighs each by ``L / l``, and its error
+is how far those tokens are from the answer's average, which the other samples' windows, covering
+the remaining positions, partly cancel. `mc_variance` computes the variances of the estimators
+with independent positions (``balanced=False``) exactly from `elbo_terms`; the balanced
+estimator's variance is measured (``python -m timerome.bench likelihood``).
 
 ``stderr`` is the naive standard error of the mean over the ``n_mc`` samples
 (``std(ddof=1) / sqrt(n_mc)``; NaN for ``n_mc == 1``). For the stratified estimator it ignores
@@ -127,9 +140,25 @@ def mask_counts(L: int, n_mc: int, generator: torch.Generator, *, stratified: bo
     return torch.randint(1, L + 1, (n_mc,), generator=generator)
 
 
-def sample_masks(L: int, n_mc: int, generator: torch.Generator, *, stratified: bool = True):
-    """(counts [n_mc], masks [n_mc, L] bool): sample j masks exactly counts[j] uniform positions."""
+def sample_masks(L: int, n_mc: int, generator: torch.Generator, *, stratified: bool = True, balanced: bool | None = None):
+    """(counts [n_mc], masks [n_mc, L] bool): sample j masks exactly counts[j] uniform positions.
+
+    ``balanced=False``: every sample draws its own uniform subset. ``balanced=True`` (the default
+    with ``stratified``; ``None`` follows ``stratified``): one uniform
+    permutation of the L positions is drawn and sample j masks the ``counts[j]`` positions of a
+    window of it; the windows are laid end to end (wrapping around), so together the samples
+    cover the positions as evenly as their sizes allow. A window of a uniform permutation is a
+    uniform subset, so each sample -- and hence the mean -- is distributed exactly as before;
+    only the samples' errors become negatively correlated.
+    """
     counts = mask_counts(L, n_mc, generator, stratified=stratified)
+    if stratified if balanced is None else balanced:
+        perm = torch.randperm(L, generator=generator)
+        start = counts.cumsum(0) - counts
+        in_window = (torch.arange(L) - start[:, None]) % L < counts[:, None]  # [n_mc, slot]
+        masks = torch.zeros((n_mc, L), dtype=torch.bool)
+        masks[:, perm] = in_window  # slot s of the permutation holds position perm[s]
+        return counts, masks
     ranks = torch.rand((n_mc, L), generator=generator).argsort(1).argsort(1)  # a uniform permutation per row
     return counts, ranks < counts[:, None]
 
@@ -192,7 +221,7 @@ def _check_args(questions, answers, n_mc, batch_size):
 # --- public API --------------------------------------------------------------------------------
 @torch.no_grad()
 def answer_logprob_details(backbone, questions: Sequence[str], answers: Sequence[str], *, n_mc: int = 16,
-                           seed: int = 0, batch_size: int = 32, stratified: bool = True,
+                           seed: int = 0, batch_size: int = 32, stratified: bool = True, balanced: bool | None = None,
                            group_by_length: bool = False) -> AnswerLogprob:
     """Per example: log p(answer | question) (MC ELBO for MDLMs, exact for causal LMs) and friends.
 
@@ -222,7 +251,7 @@ def answer_logprob_details(backbone, questions: Sequence[str], answers: Sequence
     for (p, a), q, ans in zip(enc, questions, answers):
         L = len(a)
         gen = torch.Generator().manual_seed(_example_seed(seed, q, ans))
-        counts, masks = sample_masks(L, n_mc, gen, stratified=stratified)
+        counts, masks = sample_masks(L, n_mc, gen, stratified=stratified, balanced=balanced)
         for j in range(n_mc):
             m = masks[j].tolist()
             rows.append(_Row(p + [mask_id if mj else t for t, mj in zip(a, m)],
@@ -236,13 +265,14 @@ def answer_logprob_details(backbone, questions: Sequence[str], answers: Sequence
 
 
 def answer_logprob(backbone, questions: Sequence[str], answers: Sequence[str], *, n_mc: int = 16, seed: int = 0,
-                   batch_size: int = 32, stratified: bool = True, group_by_length: bool = False) -> torch.Tensor:
+                   batch_size: int = 32, stratified: bool = True, balanced: bool | None = None,
+                   group_by_length: bool = False) -> torch.Tensor:
     """[N] float64 CPU tensor: summed log p(answer | question) in nats (MC ELBO for MDLMs).
 
     See `answer_logprob_details` and the module docstring.
     """
     return answer_logprob_details(backbone, questions, answers, n_mc=n_mc, seed=seed, batch_size=batch_size,
-                                  stratified=stratified, group_by_length=group_by_length).total
+                                  stratified=stratified, balanced=balanced, group_by_length=group_by_length).total
 
 
 @torch.no_grad()
