@@ -513,9 +513,12 @@ class EditMemory:
             self.L = L
         else:
             # K' = K + uuᵀ: Sherman-Morrison with z = K⁻¹u, β = 1 + uᵀz gives W' = [W - (Wu)zᵀ/β ; zᵀ/β]
-            z = _cho_solve(self.L, u[:, None])[:, 0]
-            beta = float(1 + u @ z)
-            self.L = _cholesky_rank1(self.L, u, +1)
+            # w = L⁻¹u serves twice: z = L⁻ᵀw, uᵀz = ‖w‖², and the rank-1 update of L needs it
+            w = torch.linalg.solve_triangular(self.L, u[:, None], upper=False)
+            z = torch.linalg.solve_triangular(self.L.T, w, upper=True)[:, 0]
+            w = w[:, 0]
+            beta = 1 + float(w @ w)
+            self.L = _cholesky_rank1(self.L, u, +1, w=w)
             self.W.addr_(self.W @ u, z, alpha=-1 / beta)
             new_w = z / beta
         for name, row in (("U", u), ("D", d), ("W", new_w)):
@@ -620,20 +623,26 @@ class EditMemory:
         return mem
 
 
-def _cholesky_rank1(L, x, sign: int) -> torch.Tensor:
+def _cholesky_rank1(L, x, sign: int, w=None) -> torch.Tensor:
     """Lower-triangular L' with L'L'ᵀ = LLᵀ + sign·xxᵀ in O(n²), vectorised (no loop over columns).
 
     LLᵀ + σxxᵀ = L (I + σwwᵀ) Lᵀ with w = L⁻¹x, and I + σwwᵀ has the closed-form Cholesky factor
     M_jj = √(t_j / t_{j-1}), M_ij = σ w_i w_j / √(t_j t_{j-1}) (i > j), t_j = 1 + σ Σ_{i<=j} w_i²;
-    so L' = L M, whose column j is M_jj L[:, j] + σ w_j / √(t_j t_{j-1}) · Σ_{i>j} w_i L[:, i].
+    so L' = L M, whose column j is M_jj L[:, j] + σ w_j / √(t_j t_{j-1}) · Σ_{i>j} w_i L[:, i], and
+    Σ_{i>j} w_i L[:, i] = x - Σ_{i<=j} w_i L[:, i] because L w = x: one cumulative sum. ``w`` may
+    be passed when the caller already solved for it. (A handful of whole-matrix operations: at
+    small n their count, not their flops, is the cost.)
     """
-    w = torch.linalg.solve_triangular(L, x[:, None], upper=False)[:, 0]
-    t = 1 + sign * torch.cumsum(w * w, 0)
-    t_prev = torch.cat([t.new_ones(1), t[:-1]])
-    Lw = L * w[None, :]
-    tail = Lw.flip(1).cumsum(1).flip(1)  # Σ_{i>=j} w_i L[:, i]
-    tail = torch.cat([tail[:, 1:], tail.new_zeros(len(tail), 1)], 1)  # Σ_{i>j}
-    return L * torch.sqrt(t / t_prev)[None, :] + tail * (sign * w / torch.sqrt(t * t_prev))[None, :]
+    if w is None:
+        w = torch.linalg.solve_triangular(L, x[:, None], upper=False)[:, 0]
+    w2 = w * w
+    t = torch.cumsum(w2, 0).mul_(sign).add_(1)
+    t_prev = t - sign * w2  # t_{j-1} (t_{-1} = 1)
+    head = (L * w).cumsum_(1)  # column j: Σ_{i<=j} w_i L[:, i]
+    c = (sign * w) / torch.sqrt(t * t_prev)
+    out = L * torch.sqrt(t / t_prev)
+    out.addr_(x, c).sub_(head.mul_(c))  # + (x - head) c_j, column by column
+    return out.tril_()  # the upper triangle is x - head = 0 up to round-off: make it exact
 
 
 def _cho_solve(L, B) -> torch.Tensor:
