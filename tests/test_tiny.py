@@ -151,3 +151,43 @@ def test_train_rejects_mismatched_objective(tiny_tokenizer):
         train(cfg, [], objective="arm", epochs=1, special_ids={})
     with pytest.raises(ValueError, match="objective"):
         train(cfg, [], objective="mlm", epochs=1, special_ids={})
+
+
+def test_warm_restart_from_a_saved_stage1_equals_the_two_stage_run(tiny_tokenizer, tmp_path, monkeypatch):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+
+    facts = [SimpleNamespace(question=q, answer=a) for q, a in PAIRS]
+    monkeypatch.setattr(tiny_recipe.world, "build_world", lambda root=None, parts=None, exclude_splits=(): facts)
+    monkeypatch.setattr(tiny_recipe.world, "composition", lambda root=None, parts=None, exclude_splits=(): {"toy": 4})
+    r = tiny_recipe.Recipe(d_model=32, n_layers=2, n_heads=2, d_mlp=64, max_len=64, epochs=4, batch_size=2, lr=1e-2,
+                           warmup=2, canvas=0, prompt_template="question: {question} answer:")
+    quiet = dict(log=lambda s: None)
+    stage1 = tiny_recipe.train_backbone("tiny-mdlm", r, tiny_tokenizer, out_dir=tmp_path / "s1", **quiet)
+    r2 = replace(r, restart_epochs=3, restart_lr=5e-3)
+    full = tiny_recipe.train_backbone("tiny-mdlm", r2, tiny_tokenizer, out_dir=tmp_path / "full", **quiet)
+    resumed = tiny_recipe.train_backbone("tiny-mdlm", r2, tiny_tokenizer, out_dir=tmp_path / "resumed", stage1=stage1,
+                                         **quiet)
+    w = [load_file(str(p / "model.safetensors")) for p in (stage1, full, resumed)]
+    assert all(torch.equal(w[1][k], w[2][k]) for k in w[0])  # reading stage 1 == re-running it
+    assert not all(torch.equal(w[0][k], w[1][k]) for k in w[0])  # and stage 2 changed the weights
+    hist = tiny_recipe.load_meta(resumed)["history"]
+    assert [h["epoch"] for h in hist] == list(range(1, 8)) and [h.get("stage", 1) for h in hist] == [1] * 4 + [2] * 3
+    with pytest.raises(ValueError, match=r"differing recipe fields: \['lr'\]"):
+        tiny_recipe.train_backbone("tiny-mdlm", replace(r2, lr=2e-2), tiny_tokenizer, out_dir=tmp_path / "x",
+                                   stage1=stage1, **quiet)
+    with pytest.raises(ValueError, match="tiny-mdlm-retain"):
+        tiny_recipe.train_backbone("tiny-mdlm-retain", r2, tiny_tokenizer, out_dir=tmp_path / "x", stage1=stage1, **quiet)
+
+
+def test_train_from_init_state_starts_there(tiny_tokenizer):
+    ex = encode_pairs(tiny_tokenizer, PAIRS, "question: {question} answer:", " ")
+    cfg = TinyConfig(vocab_size=len(tiny_tokenizer), n_layers=1, d_model=16, n_heads=2, d_mlp=32, max_len=64)
+    ids = {"eos": tiny_tokenizer.eos_token_id, "mask": tiny_tokenizer.mask_token_id, "pad": tiny_tokenizer.pad_token_id}
+    m, _ = train(cfg, ex, objective="mdlm", epochs=2, batch_size=2, lr=1e-2, warmup=1, seed=0, special_ids=ids,
+                 log=lambda s: None)
+    m0, h = train(cfg, ex, objective="mdlm", epochs=0, seed=5, special_ids=ids, init_state=m.state_dict(),
+                  log=lambda s: None)
+    assert h == [] and all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m0.state_dict().values()))
