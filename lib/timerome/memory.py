@@ -529,34 +529,36 @@ class EditMemory:
         self._cache = {}
 
     def remove(self, key):
-        """Drop one fact, updating the factorisation (same costs as `insert`)."""
+        """Drop one fact, updating the factorisation (same costs as `insert`). The rows after it move
+        up by one in the buffers; W is then corrected in place by a rank-1 term."""
         if key not in self._index:
             raise KeyError(f"fact key {key!r} is not in the memory")
         k, n = self._index[key], len(self)
-        keep = torch.tensor([i for i in range(n) if i != k], dtype=torch.long, device=self.U.device)
+        m = n - 1
+        keep = torch.cat([torch.arange(k), torch.arange(k + 1, n)]).to(self.U.device)
         if self.gram == "facts":
             e = self.U.new_zeros(n, 1)
             e[k] = 1.0
             g = _cho_solve(self.L, e)[:, 0]  # column k of G
             # G without row/col k is G₋ₖ - g₋ₖ g₋ₖᵀ/γ (γ = G_kk), hence W' = W₋ₖ - g₋ₖ w_kᵀ/γ
-            W = self.W[keep] - torch.outer(g[keep], self.W[k]) / g[k]
+            coef, vec, rank1_alpha = g[keep], self.W[k].clone(), -1 / float(g[k])
             # deleting row/col k of L leaves [[L11, 0], [L31, L33']] with L33'L33'ᵀ = L33L33ᵀ + l32 l32ᵀ
-            L = self.L[keep][:, keep].clone()
+            L = self.L[keep][:, keep]
             if k < n - 1:
                 L[k:, k:] = _cholesky_rank1(self.L[k + 1:, k + 1:].contiguous(), self.L[k + 1:, k], +1)
         else:
             # K' = K - uuᵀ (>= λI): z = K⁻¹u, β = 1 - uᵀz > 0, W' = W₋ₖ + (W₋ₖu)zᵀ/β
-            u = self.U[k]
-            z = _cho_solve(self.L, u[:, None])[:, 0]
-            beta = 1 - u @ z
-            W = self.W[keep]
-            W += torch.outer(W @ u, z) / beta
-            L = _cholesky_rank1(self.L, u, -1)
-        # back into the buffers (capacity kept)
-        m = n - 1
-        for name, new in (("U", self.U[keep]), ("D", self.D[keep]), ("W", W)):
-            self._bufs[name][:m] = new
+            u = self.U[k].clone()
+            w = torch.linalg.solve_triangular(self.L, u[:, None], upper=False)
+            z = torch.linalg.solve_triangular(self.L.T, w, upper=True)[:, 0]
+            w = w[:, 0]
+            coef, vec, rank1_alpha = None, z, 1 / (1 - float(w @ w))
+            L = _cholesky_rank1(self.L, u, -1, w=w)
+        for name in ("U", "D", "W"):  # close the gap (capacity kept)
+            buf = self._bufs[name]
+            buf[k:m] = buf[k + 1:n].clone()
         self.U, self.D, self.W, self.L = self._bufs["U"][:m], self._bufs["D"][:m], self._bufs["W"][:m], L
+        self.W.addr_(self.W @ u if coef is None else coef, vec, alpha=rank1_alpha)
         del self.keys[k]
         self._index = {kk: i for i, kk in enumerate(self.keys)}
         self._cache = {}
