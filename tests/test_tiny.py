@@ -163,7 +163,7 @@ def test_warm_restart_from_a_saved_stage1_equals_the_two_stage_run(tiny_tokenize
     monkeypatch.setattr(tiny_recipe.world, "build_world", lambda root=None, parts=None, exclude_splits=(): facts)
     monkeypatch.setattr(tiny_recipe.world, "composition", lambda root=None, parts=None, exclude_splits=(): {"toy": 4})
     r = tiny_recipe.Recipe(d_model=32, n_layers=2, n_heads=2, d_mlp=64, max_len=64, epochs=4, batch_size=2, lr=1e-2,
-                           warmup=2, canvas=0, prompt_template="question: {question} answer:")
+                           warmup=2, canvas=0, restart_epochs=0, prompt_template="question: {question} answer:")
     quiet = dict(log=lambda s: None)
     stage1 = tiny_recipe.train_backbone("tiny-mdlm", r, tiny_tokenizer, out_dir=tmp_path / "s1", **quiet)
     r2 = replace(r, restart_epochs=3, restart_lr=5e-3)
