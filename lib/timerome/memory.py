@@ -513,10 +513,7 @@ class EditMemory:
             self.L = L
         else:
             # K' = K + uuᵀ: Sherman-Morrison with z = K⁻¹u, β = 1 + uᵀz gives W' = [W - (Wu)zᵀ/β ; zᵀ/β]
-            # w = L⁻¹u serves twice: z = L⁻ᵀw, uᵀz = ‖w‖², and the rank-1 update of L needs it
-            w = torch.linalg.solve_triangular(self.L, u[:, None], upper=False)
-            z = torch.linalg.solve_triangular(self.L.T, w, upper=True)[:, 0]
-            w = w[:, 0]
+            w, z = _half_solves(self.L, u)
             beta = 1 + float(w @ w)
             self.L = _cholesky_rank1(self.L, u, +1, w=w)
             self.W.addr_(self.W @ u, z, alpha=-1 / beta)
@@ -535,8 +532,8 @@ class EditMemory:
             raise KeyError(f"fact key {key!r} is not in the memory")
         k, n = self._index[key], len(self)
         m = n - 1
-        keep = torch.cat([torch.arange(k), torch.arange(k + 1, n)]).to(self.U.device)
         if self.gram == "facts":
+            keep = torch.cat([torch.arange(k), torch.arange(k + 1, n)]).to(self.U.device)
             e = self.U.new_zeros(n, 1)
             e[k] = 1.0
             g = _cho_solve(self.L, e)[:, 0]  # column k of G
@@ -549,9 +546,7 @@ class EditMemory:
         else:
             # K' = K - uuᵀ (>= λI): z = K⁻¹u, β = 1 - uᵀz > 0, W' = W₋ₖ + (W₋ₖu)zᵀ/β
             u = self.U[k].clone()
-            w = torch.linalg.solve_triangular(self.L, u[:, None], upper=False)
-            z = torch.linalg.solve_triangular(self.L.T, w, upper=True)[:, 0]
-            w = w[:, 0]
+            w, z = _half_solves(self.L, u)
             coef, vec, rank1_alpha = None, z, 1 / (1 - float(w @ w))
             L = _cholesky_rank1(self.L, u, -1, w=w)
         for name in ("U", "D", "W"):  # close the gap (capacity kept)
@@ -645,6 +640,13 @@ def _cholesky_rank1(L, x, sign: int, w=None) -> torch.Tensor:
     out = L * torch.sqrt(t / t_prev)
     out.addr_(x, c).sub_(head.mul_(c))  # + (x - head) c_j, column by column
     return out.tril_()  # the upper triangle is x - head = 0 up to round-off: make it exact
+
+
+def _half_solves(L, u):
+    """(w, z) = (L⁻¹u, (LLᵀ)⁻¹u): w serves three times in a rank-1 update, since uᵀ(LLᵀ)⁻¹u = ‖w‖²
+    and `_cholesky_rank1` needs it too."""
+    w = torch.linalg.solve_triangular(L, u[:, None], upper=False)
+    return w[:, 0], torch.linalg.solve_triangular(L.T, w, upper=True)[:, 0]
 
 
 def _cho_solve(L, B) -> torch.Tensor:

@@ -97,16 +97,18 @@ def train_backbone(name: str, recipe: Recipe, tokenizer, *, root=None, out_dir=W
     torch.use_deterministic_algorithms(True)
     t0 = time.perf_counter()
     try:
+        model, state, stage1_seconds = None, None, None
         if stage1 is not None:
             state, history, stage1_seconds = _read_stage1(stage1, name, recipe, tokenizer, cfg)
         else:
             model, history = train(cfg, examples, epochs=recipe.epochs, lr=recipe.lr, seed=recipe.seed, **common)
-            state, stage1_seconds = {k: v.to(torch.float16) for k, v in model.state_dict().items()}, None
         if recipe.restart_epochs:
+            if state is None:  # start from the weights as a checkpoint stores them (fp16)
+                state = {k: v.to(torch.float16) for k, v in model.state_dict().items()}
             model, history2 = train(cfg, examples, epochs=recipe.restart_epochs, lr=recipe.restart_lr,
                                     seed=recipe.seed + 1, init_state=state, **common)
             history = history + [{**h, "epoch": recipe.epochs + h["epoch"], "stage": 2} for h in history2]
-        else:
+        elif model is None:  # a stage-1 checkpoint and nothing to add
             model = TinyLM(cfg)
             model.load_state_dict({k: v.float() for k, v in state.items()})
             model.eval()
@@ -130,6 +132,7 @@ def _read_stage1(path, name, recipe: Recipe, tokenizer, cfg):
     path = Path(path)
     meta = load_meta(path)
     restart = ("restart_epochs", "restart_lr")
+    # through JSON so tuples compare equal to the lists the checkpoint stored
     want = {k: v for k, v in json.loads(json.dumps(asdict(recipe))).items() if k not in restart}
     # fields added to the recipe after the checkpoint was written count as their defaults
     have = {k: meta["recipe"].get(k, f.default) for k, f in Recipe.__dataclass_fields__.items() if k not in restart}
