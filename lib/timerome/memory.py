@@ -410,7 +410,21 @@ class EditMemory:
         """Take U, D, W, L as they are (fresh tensors): the row buffers are these, full."""
         self._bufs = {"U": U.contiguous(), "D": D.contiguous(), "W": W.contiguous()}
         self.U, self.D, self.W, self.L = self._bufs["U"], self._bufs["D"], self._bufs["W"], L.contiguous()
+        self._L_flat, self._L_slot = [None, None], None  # see `_spare_factor`
         self._cache = {}
+
+    def _spare_factor(self, m: int) -> torch.Tensor:
+        """An m×m contiguous tensor for the next facts-form factor, in whichever of two reusable flat
+        buffers does not hold the current one. (Growing or shrinking L must copy it, since LAPACK's
+        solves want it contiguous; a fresh |F|² tensor costs page faults worth ~10× the copy.) The
+        caller must make the result the new ``self.L``: the buffer of the previous factor is reused."""
+        i = 1 if self._L_slot == 0 else 0
+        buf = self._L_flat[i]
+        if buf is None or buf.numel() < m * m:
+            rows = max(m + m // 2, 16)
+            buf = self._L_flat[i] = self.L.new_empty(rows * rows)
+        self._L_slot = i
+        return buf[:m * m].view(m, m)
 
     def _reserve(self, rows: int):
         """Room for ``rows`` rows in the U, D, W buffers: capacity doubles, so appending one fact
@@ -481,11 +495,19 @@ class EditMemory:
                        hidden_size=self.hidden_size)
 
     # --- streaming -----------------------------------------------------------------------------
-    def _vector(self, x, name):
-        x = torch.as_tensor(x)
-        if x.shape != (self.hidden_size,):
-            raise ValueError(f"{name} must have shape ({self.hidden_size},), got {tuple(x.shape)}")
-        return _finite_matrix(x[None], name)[0].to(self.U.device)
+    def _fact_vectors(self, u, d):
+        """u, d as float64 vectors on the memory's device, validated together (one finiteness check:
+        at small H a streaming insert is dominated by per-call overheads, not flops)."""
+        u, d = torch.as_tensor(u), torch.as_tensor(d)
+        for x, name in ((u, "u"), (d, "d")):
+            if x.shape != (self.hidden_size,):
+                raise ValueError(f"{name} must have shape ({self.hidden_size},), got {tuple(x.shape)}")
+            if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
+                raise TypeError(f"{name} must be real-valued, got dtype {x.dtype}")
+        ud = torch.stack([u.to(self.U.device, torch.float64), d.to(self.U.device, torch.float64)])
+        if not torch.isfinite(ud).all():
+            raise ValueError(f"{'u' if not torch.isfinite(ud[0]).all() else 'd'} has non-finite entries")
+        return ud[0], ud[1]
 
     def insert(self, u, d, key):
         """Add one fact, updating the factorisation: O(|F|² + |F|H) (facts form) or O(H² + |F|H)
@@ -494,7 +516,7 @@ class EditMemory:
         key = _key(key)
         if key in self._index:
             raise KeyError(f"fact key {key!r} is already in the memory")
-        u, d = self._vector(u, "u"), self._vector(d, "d")
+        u, d = self._fact_vectors(u, d)
         n = len(self)
         self._reserve(n + 1)
         if self.gram == "facts":
@@ -508,7 +530,7 @@ class EditMemory:
             r = u - g @ self.U
             self.W.addr_(g, r, alpha=-1 / s)
             new_w = r / s
-            L = self.L.new_empty(n + 1, n + 1)  # (new_zeros would touch every page twice)
+            L = self._spare_factor(n + 1)
             L[:n, :n], L[:n, n], L[n, :n], L[n, n] = self.L, 0.0, l, math.sqrt(s)
             self.L = L
         else:
@@ -540,7 +562,8 @@ class EditMemory:
             # G without row/col k is G₋ₖ - g₋ₖ g₋ₖᵀ/γ (γ = G_kk), hence W' = W₋ₖ - g₋ₖ w_kᵀ/γ
             coef, vec, rank1_alpha = g[keep], self.W[k].clone(), -1 / float(g[k])
             # deleting row/col k of L leaves [[L11, 0], [L31, L33']] with L33'L33'ᵀ = L33L33ᵀ + l32 l32ᵀ
-            L = self.L[keep][:, keep]
+            L = self._spare_factor(m)
+            L[:k, :k], L[:k, k:], L[k:, :k] = self.L[:k, :k], 0.0, self.L[k + 1:, :k]
             if k < n - 1:
                 L[k:, k:] = _cholesky_rank1(self.L[k + 1:, k + 1:].contiguous(), self.L[k + 1:, k], +1)
         else:
@@ -634,11 +657,11 @@ def _cholesky_rank1(L, x, sign: int, w=None) -> torch.Tensor:
         w = torch.linalg.solve_triangular(L, x[:, None], upper=False)[:, 0]
     w2 = w * w
     t = torch.cumsum(w2, 0).mul_(sign).add_(1)
-    t_prev = t - sign * w2  # t_{j-1} (t_{-1} = 1)
+    t_prev = torch.sub(t, w2, alpha=sign)  # t_{j-1} (t_{-1} = 1)
+    a = torch.sqrt(t / t_prev)  # M_jj
+    c = (w * a).div_(t if sign > 0 else -t)  # σ w_j / √(t_j t_{j-1}) = σ w_j a_j / t_j
     head = (L * w).cumsum_(1)  # column j: Σ_{i<=j} w_i L[:, i]
-    c = (sign * w) / torch.sqrt(t * t_prev)
-    out = L * torch.sqrt(t / t_prev)
-    out.addr_(x, c).sub_(head.mul_(c))  # + (x - head) c_j, column by column
+    out = (L * a).addr_(x, c).addcmul_(head, c, value=-1)  # a_j L[:, j] + (x - head_j) c_j
     return out.tril_()  # the upper triangle is x - head = 0 up to round-off: make it exact
 
 
