@@ -143,13 +143,9 @@ def mask_counts(L: int, n_mc: int, generator: torch.Generator, *, stratified: bo
 def sample_masks(L: int, n_mc: int, generator: torch.Generator, *, stratified: bool = True, balanced: bool | None = None):
     """(counts [n_mc], masks [n_mc, L] bool): sample j masks exactly counts[j] uniform positions.
 
-    ``balanced=False``: every sample draws its own uniform subset. ``balanced=True`` (the default
-    with ``stratified``; ``None`` follows ``stratified``): one uniform
-    permutation of the L positions is drawn and sample j masks the ``counts[j]`` positions of a
-    window of it; the windows are laid end to end (wrapping around), so together the samples
-    cover the positions as evenly as their sizes allow. A window of a uniform permutation is a
-    uniform subset, so each sample -- and hence the mean -- is distributed exactly as before;
-    only the samples' errors become negatively correlated.
+    ``balanced`` (``None`` follows ``stratified``): the samples mask consecutive windows of one
+    uniform permutation of the positions, laid end to end (see the module docstring); otherwise
+    each sample draws its own uniform subset.
     """
     counts = mask_counts(L, n_mc, generator, stratified=stratified)
     if stratified if balanced is None else balanced:

@@ -57,10 +57,15 @@ GRAM_FORMS = ("auto", "facts", "hidden")  # which ridge Gram matrix is factorise
 
 
 # =========================================================================== validation helpers
-def _finite_matrix(x, name) -> torch.Tensor:
+def _real(x, name, what="matrix") -> torch.Tensor:
     x = torch.as_tensor(x)
     if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"{name} must be a real-valued matrix, got dtype {x.dtype}")
+        raise TypeError(f"{name} must be a real-valued {what}, got dtype {x.dtype}")
+    return x
+
+
+def _finite_matrix(x, name) -> torch.Tensor:
+    x = _real(x, name)
     if x.dim() != 2:
         raise ValueError(f"{name} must be a matrix [n_facts, hidden], got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all():
@@ -421,7 +426,7 @@ class EditMemory:
         i = 1 if self._L_slot == 0 else 0
         buf = self._L_flat[i]
         if buf is None or buf.numel() < m * m:
-            rows = max(m + m // 2, 16)
+            rows = max(m + m // 8, 16)  # the factor is copied on every insert anyway: little headroom needed
             buf = self._L_flat[i] = self.L.new_empty(rows * rows)
         self._L_slot = i
         return buf[:m * m].view(m, m)
@@ -498,12 +503,10 @@ class EditMemory:
     def _fact_vectors(self, u, d):
         """u, d as float64 vectors on the memory's device, validated together (one finiteness check:
         at small H a streaming insert is dominated by per-call overheads, not flops)."""
-        u, d = torch.as_tensor(u), torch.as_tensor(d)
+        u, d = _real(u, "u", "vector"), _real(d, "d", "vector")
         for x, name in ((u, "u"), (d, "d")):
             if x.shape != (self.hidden_size,):
                 raise ValueError(f"{name} must have shape ({self.hidden_size},), got {tuple(x.shape)}")
-            if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
-                raise TypeError(f"{name} must be real-valued, got dtype {x.dtype}")
         ud = torch.stack([u.to(self.U.device, torch.float64), d.to(self.U.device, torch.float64)])
         if not torch.isfinite(ud).all():
             raise ValueError(f"{'u' if not torch.isfinite(ud[0]).all() else 'd'} has non-finite entries")
