@@ -29,20 +29,32 @@ Masked diffusion (``backbone.is_causal`` False): Monte-Carlo ELBO
 -----------------------------------------------------------------
 The prompt is never masked. For an answer of ``L`` tokens, one sample masks exactly ``l``
 answer tokens chosen uniformly without replacement and scores
-``(L / l) * sum_{masked i} log p(x_i | unmasked)``; the estimate is the mean over ``n_mc``
-samples. With ``l`` uniform on ``1..L`` its expectation is the ELBO
+``(L / l) * sum_{masked i} log p(x_i | unmasked)``; the estimate averages ``n_mc`` samples
+(weighted by stratum width when stratified, below). With ``l`` uniform on ``1..L`` its expectation is the ELBO
 ``E_l E_S [(L/l) sum_{i in S} log p(x_i | x_{not S})]`` = the expected any-order
 autoregressive log-likelihood over uniformly random orders, which by Jensen is a lower bound on
 the log of the order-mixture likelihood ``log E_order p_order(answer | question)`` (tight when
 the model's conditionals agree across orders, e.g. when they are context-free).
 
-* ``stratified=True`` (default, LLaDA-style): one uniform offset ``u`` per example and
-  ``l_j = floor((u + j) / n_mc * L) + 1`` for ``j = 0..n_mc-1``: the mask counts are spread
-  evenly over ``1..L`` (systematic sampling of ``t = l / L``). Each stratum has equal
-  probability, so the mean is unbiased. (LLaDA's own ``forward_process`` draws an integer
-  offset ``k`` and rounds ``linspace(k, k + (n-1) L/n)`` half-to-even, so when ``L/n`` has a
-  fractional .5 the counts are not uniform over 1..L: for ``L=4, n_mc=8`` they are 1,2,3,4 with
-  frequencies 1/8, 3/8, 1/8, 3/8 -- a small bias. The continuous offset avoids that.)
+* ``stratified=True`` (default, LLaDA-style systematic sampling of the mask ratio ``t = l / L``):
+  the ratio axis ``(0, 1]`` is cut into ``n_mc`` strata ``[e_j, e_{j+1})``; one uniform offset
+  ``u`` per example puts sample ``j`` at ``t_j = e_j + u (e_{j+1} - e_j)``, ``l_j = floor(t_j L) + 1``,
+  and the estimate is ``sum_j (e_{j+1} - e_j) * (L / l_j) * sum_{masked i} log p(...)``: each
+  stratum is sampled uniformly and weighted by its probability, so the estimate is unbiased, and
+  a model whose sample value does not depend on ``l`` (context-free, equal token probabilities) is
+  still scored exactly. ``strata=None``: even strata ``e_j = j / n_mc`` -- LLaDA's evenly spread
+  counts (its ``forward_process`` draws an integer offset and rounds ``linspace(k, k + (n-1) L/n)``
+  half-to-even, so when ``L/n`` has a fractional .5 its counts are not uniform over 1..L: for
+  ``L=4, n_mc=8`` they are 1,2,3,4 with frequencies 1/8, 3/8, 1/8, 3/8 -- a small bias; the
+  continuous offset avoids that). ``strata=(a, b)`` (default `DEFAULT_STRATA` = (0.6, 0.8)): the
+  ``e_j`` are the ``j / n_mc`` quantiles of a Beta(a, b) density, i.e. a Neyman-style allocation.
+  Why: a sample with few masked tokens scores few tokens and weighs each by ``L / l``, so its
+  spread is by far the largest (on tiny-mdlm's forget10 answers, ``L`` about 40, the mean
+  per-sample variance at ``l = 1`` is ~40x that at ``l = 20``), and near ``t = 1`` the expected value changes fastest as the last context
+  tokens disappear; the U-shaped Beta(0.6, 0.8) puts more, narrower strata at both ends and fewer,
+  wider ones in the middle. The parameters were chosen from per-count variances of tiny-mdlm on
+  held-out forget10 facts (100-199; a in 0.5-0.6, b in 0.8-0.9 are equally good) and validated on
+  the benchmark's facts 0-99 (``python -m timerome.bench likelihood``).
 * ``balanced`` (default: on with ``stratified``): the positions are balanced across the samples
   too. One uniform permutation of the answer positions is drawn per example and sample ``j``
   masks a window of ``l_j`` consecutive entries of it, the windows laid end to end around the
@@ -52,26 +64,29 @@ the model's conditionals agree across orders, e.g. when they are context-free).
   above and the estimate stays unbiased; only the samples' errors become negatively correlated
   (systematic sampling of the positions).
 * ``stratified=False``: each sample draws ``l`` uniformly from ``1..L`` and its own uniform
-  subset of positions, independently of the others (plain i.i.d.; ``balanced`` off by default).
+  subset of positions, independently of the others (plain i.i.d.; ``balanced`` off by default;
+  ``strata`` unused).
 
 Variance: a sample's variance is the spread of ``E[sample | l]`` over ``l`` (between) plus the
-spread over which ``l`` tokens are masked (within). Stratification removes most of the between
-part (all of it when ``L`` divides ``n_mc``) and leaves the within part unchanged, so it helps
-most when the expected value depends strongly on how much answer context is visible (trained
-models) and hardly at all for a model whose predictions ignore context. Balancing the positions
+spread over which ``l`` tokens are masked (within). Even strata remove most of the between part
+(all of it when ``L`` divides ``n_mc``) and leave the within part unchanged, so they help most
+when the expected value depends strongly on how much answer context is visible (trained models)
+and hardly at all for a model whose predictions ignore context; the Beta strata also cut the
+within part by giving the high-variance ends more samples. Balancing the positions
 attacks the within part: a sample with few masked tokens weighs each by ``L / l``, and its error
 is how far those tokens are from the answer's average, which the other samples' windows, covering
 the remaining positions, partly cancel. `mc_variance` computes the variances of the estimators
 with independent positions (``balanced=False``) exactly from `elbo_terms`; the balanced
 estimator's variance is measured (``python -m timerome.bench likelihood``).
 
-``stderr`` is the naive standard error of the mean over the ``n_mc`` samples
-(``std(ddof=1) / sqrt(n_mc)``; NaN for ``n_mc == 1``). For the stratified estimator it ignores
-the stratification, so it usually over-states the error.
+``stderr`` is the naive standard error of the weighted mean over the ``n_mc`` samples,
+``sqrt(n/(n-1) * sum_j w_j^2 (Y_j - total)^2)`` with ``w_j`` the stratum widths (``1/n`` for
+i.i.d. and even strata: ``std(ddof=1) / sqrt(n_mc)``; NaN for ``n_mc == 1``). It ignores the
+stratification, so it usually over-states the error.
 
 Random numbers: every example gets its own ``torch.Generator`` seeded from a hash of
 ``(seed, question, answer)``. An example's estimate is therefore a deterministic function of
-``(backbone, question, answer, n_mc, seed, stratified)``: it does not depend on the other
+``(backbone, question, answer, n_mc, seed, stratified, strata, balanced)``: it does not depend on the other
 examples, its position in the list, or ``batch_size`` (up to float round-off from different
 padding). Two backbones with the same tokenizer (e.g. a model and its edited copy) see the same
 masks for the same example -- common random numbers, which lowers the variance of differences.
@@ -80,7 +95,7 @@ Duplicated (question, answer) pairs get identical estimates.
 Causal backbones (``is_causal`` True): the exact teacher-forced log-probability
 ``sum_j log p(a_j | prompt, a_<j)``, where logits at position ``i`` predict token ``i + 1`` (the
 AR convention; `Backbone.logits` only re-aligns shifted *diffusion* models). ``n_mc``, ``seed``
-and ``stratified`` are ignored and ``stderr`` is 0.
+``stratified``, ``strata`` and ``balanced`` are ignored and ``stderr`` is 0.
 
 Batching and padding
 --------------------
@@ -96,16 +111,18 @@ logits; sums and means are float64; all returned tensors live on the CPU.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
 import math
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 
 __all__ = ["AnswerLogprob", "answer_logprob", "answer_logprob_details", "exact_elbo", "encode_example",
-           "elbo_terms", "mc_variance", "mask_counts", "sample_masks"]
+           "elbo_terms", "mc_variance", "mask_counts", "sample_masks", "strata_edges", "DEFAULT_STRATA"]
 
 
 class AnswerLogprob(NamedTuple):
@@ -131,32 +148,64 @@ def _example_seed(seed: int, question: str, answer: str) -> int:
 
 
 # --- mask sampling -----------------------------------------------------------------------------
-def mask_counts(L: int, n_mc: int, generator: torch.Generator, *, stratified: bool = True) -> torch.Tensor:
-    """[n_mc] numbers of masked answer tokens, each in 1..L (see the module docstring)."""
+DEFAULT_STRATA = (0.6, 0.8)  # Beta(a, b) whose quantiles cut the mask-ratio strata (module docstring)
+
+
+@functools.lru_cache(maxsize=64)
+def _strata_edges(n_mc: int, strata) -> torch.Tensor:
+    if strata is None:
+        return torch.arange(n_mc + 1, dtype=torch.float64) / n_mc
+    a, b = (float(x) for x in strata)
+    if not (math.isfinite(a) and math.isfinite(b) and a > 0 and b > 0):
+        raise ValueError(f"strata={strata!r}: Beta parameters (a, b) must be finite and > 0 (or None for even strata)")
+    from scipy.special import betaincinv  # the Beta quantile function
+    e = torch.as_tensor(betaincinv(a, b, np.arange(n_mc + 1) / n_mc), dtype=torch.float64)
+    e[0], e[-1] = 0.0, 1.0
+    if not bool((e[1:] > e[:-1]).all()):
+        raise ValueError(f"strata={strata!r}: the Beta quantiles for n_mc={n_mc} are not strictly increasing")
+    return e
+
+
+def strata_edges(n_mc: int, strata=DEFAULT_STRATA) -> torch.Tensor:
+    """[n_mc + 1] float64 mask-ratio stratum edges from 0 to 1 (``strata=None``: even, j / n_mc)."""
+    return _strata_edges(int(n_mc), None if strata is None else tuple(strata)).clone()
+
+
+def mask_counts(L: int, n_mc: int, generator: torch.Generator, *, stratified: bool = True,
+                strata=DEFAULT_STRATA) -> tuple[torch.Tensor, torch.Tensor]:
+    """(counts [n_mc] in 1..L, weights [n_mc] float64 summing to 1): the estimate is
+    ``sum_j weights[j] * (L / counts[j]) * sum_{masked i} log p`` (see the module docstring)."""
     if stratified:
         u = torch.rand((), generator=generator, dtype=torch.float64)
-        t = (u + torch.arange(n_mc, dtype=torch.float64)) / n_mc  # one point in each of n_mc strata
-        return (t * L).floor().long().clamp_(0, L - 1) + 1
-    return torch.randint(1, L + 1, (n_mc,), generator=generator)
+        if strata is None:  # even strata: one point in each of n_mc equal strata
+            t, w = (u + torch.arange(n_mc, dtype=torch.float64)) / n_mc, torch.full((n_mc,), 1.0 / n_mc, dtype=torch.float64)
+        else:
+            e = strata_edges(n_mc, strata)
+            w = e[1:] - e[:-1]
+            t = e[:-1] + u * w
+        return (t * L).floor().long().clamp_(0, L - 1) + 1, w
+    return torch.randint(1, L + 1, (n_mc,), generator=generator), torch.full((n_mc,), 1.0 / n_mc, dtype=torch.float64)
 
 
-def sample_masks(L: int, n_mc: int, generator: torch.Generator, *, stratified: bool = True, balanced: bool | None = None):
-    """(counts [n_mc], masks [n_mc, L] bool): sample j masks exactly counts[j] uniform positions.
+def sample_masks(L: int, n_mc: int, generator: torch.Generator, *, stratified: bool = True, balanced: bool | None = None,
+                 strata=DEFAULT_STRATA):
+    """(counts [n_mc], weights [n_mc], masks [n_mc, L] bool): sample j masks exactly counts[j] uniform
+    positions; counts and weights as `mask_counts`.
 
     ``balanced`` (``None`` follows ``stratified``): the samples mask consecutive windows of one
     uniform permutation of the positions, laid end to end (see the module docstring); otherwise
     each sample draws its own uniform subset.
     """
-    counts = mask_counts(L, n_mc, generator, stratified=stratified)
+    counts, weights = mask_counts(L, n_mc, generator, stratified=stratified, strata=strata)
     if stratified if balanced is None else balanced:
         perm = torch.randperm(L, generator=generator)
         start = counts.cumsum(0) - counts
         in_window = (torch.arange(L) - start[:, None]) % L < counts[:, None]  # [n_mc, slot]
         masks = torch.zeros((n_mc, L), dtype=torch.bool)
         masks[:, perm] = in_window  # slot s of the permutation holds position perm[s]
-        return counts, masks
+        return counts, weights, masks
     ranks = torch.rand((n_mc, L), generator=generator).argsort(1).argsort(1)  # a uniform permutation per row
-    return counts, ranks < counts[:, None]
+    return counts, weights, ranks < counts[:, None]
 
 
 # --- batched scoring ---------------------------------------------------------------------------
@@ -218,7 +267,7 @@ def _check_args(questions, answers, n_mc, batch_size):
 @torch.no_grad()
 def answer_logprob_details(backbone, questions: Sequence[str], answers: Sequence[str], *, n_mc: int = 16,
                            seed: int = 0, batch_size: int = 32, stratified: bool = True, balanced: bool | None = None,
-                           group_by_length: bool = False) -> AnswerLogprob:
+                           strata=DEFAULT_STRATA, group_by_length: bool = False) -> AnswerLogprob:
     """Per example: log p(answer | question) (MC ELBO for MDLMs, exact for causal LMs) and friends.
 
     ``batch_size`` is the number of rows per forward (a row is one (example, MC sample) pair for
@@ -243,32 +292,38 @@ def answer_logprob_details(backbone, questions: Sequence[str], answers: Sequence
         return AnswerLogprob(total, total / n_tokens, n_tokens, torch.zeros(N, dtype=torch.float64))
 
     n_mc, mask_id = int(n_mc), backbone.mask_id
-    rows, weights = [], []
+    rows, factors, weights = [], [], []
     for (p, a), q, ans in zip(enc, questions, answers):
         L = len(a)
         gen = torch.Generator().manual_seed(_example_seed(seed, q, ans))
-        counts, masks = sample_masks(L, n_mc, gen, stratified=stratified, balanced=balanced)
+        counts, w, masks = sample_masks(L, n_mc, gen, stratified=stratified, balanced=balanced, strata=strata)
         for j in range(n_mc):
             m = masks[j].tolist()
             rows.append(_Row(p + [mask_id if mj else t for t, mj in zip(a, m)],
                              [len(p) + i for i in range(L) if m[i]], [t for t, mj in zip(a, m) if mj]))
-            weights.append(L / int(counts[j]))
+            factors.append(L / int(counts[j]))
+        weights.append(w)
     samples = (_score_rows(backbone, rows, batch_size, group_by_length)
-               * torch.tensor(weights, dtype=torch.float64)).view(N, n_mc)
-    total = samples.mean(1)
-    stderr = samples.std(1) / math.sqrt(n_mc) if n_mc > 1 else torch.full((N,), math.nan, dtype=torch.float64)
+               * torch.tensor(factors, dtype=torch.float64)).view(N, n_mc)  # each an unbiased estimate of g(l_j)
+    weights = torch.stack(weights)  # [N, n_mc], rows sum to 1
+    total = (weights * samples).sum(1)
+    if n_mc > 1:
+        stderr = (n_mc / (n_mc - 1) * (weights ** 2 * (samples - total[:, None]) ** 2).sum(1)).sqrt()
+    else:
+        stderr = torch.full((N,), math.nan, dtype=torch.float64)
     return AnswerLogprob(total, total / n_tokens, n_tokens, stderr)
 
 
 def answer_logprob(backbone, questions: Sequence[str], answers: Sequence[str], *, n_mc: int = 16, seed: int = 0,
                    batch_size: int = 32, stratified: bool = True, balanced: bool | None = None,
-                   group_by_length: bool = False) -> torch.Tensor:
+                   strata=DEFAULT_STRATA, group_by_length: bool = False) -> torch.Tensor:
     """[N] float64 CPU tensor: summed log p(answer | question) in nats (MC ELBO for MDLMs).
 
     See `answer_logprob_details` and the module docstring.
     """
     return answer_logprob_details(backbone, questions, answers, n_mc=n_mc, seed=seed, batch_size=batch_size,
-                                  stratified=stratified, balanced=balanced, group_by_length=group_by_length).total
+                                  stratified=stratified, balanced=balanced, strata=strata,
+                                  group_by_length=group_by_length).total
 
 
 @torch.no_grad()
@@ -300,25 +355,30 @@ def elbo_terms(backbone, question: str, answer: str, *, max_tokens: int = 12, ba
     return {l: vals[sizes == l] * (L / l) for l in range(1, L + 1)}
 
 
-def mc_variance(terms: dict, n_mc: int, *, stratified: bool = True) -> float:
-    """Exact variance of the ``n_mc``-sample estimate, from `elbo_terms` (no sampling noise).
+def mc_variance(terms: dict, n_mc: int, *, stratified: bool = True, strata=DEFAULT_STRATA) -> float:
+    """Exact variance of the ``n_mc``-sample estimate with independent positions (``balanced=False``),
+    from `elbo_terms` (no sampling noise).
 
     With ``g(l)`` the mean and ``s2(l)`` the (population) variance of the terms of mask count ``l``:
-    i.i.d.: ``(Var_l g + E_l s2) / n``; stratified: ``Var_u(mean_j g(l_j(u))) + E_l s2 / n``,
-    the first part integrated exactly over the offset ``u`` (piecewise constant between the
-    points where some ``(u + j) L / n`` is an integer).
+    i.i.d.: ``(Var_l g + E_l s2) / n``; stratified with widths ``w_j``:
+    ``Var_u(sum_j w_j g(l_j(u))) + E_u sum_j w_j^2 s2(l_j(u))``, both integrated exactly over the
+    offset ``u`` (piecewise constant between the points where some ``t_j(u) L`` is an integer).
     """
     L, n = len(terms), int(n_mc)
     g = torch.stack([terms[l].mean() for l in range(1, L + 1)])
-    within = float(torch.stack([terms[l].var(unbiased=False) for l in range(1, L + 1)]).mean()) / n
+    s2 = torch.stack([terms[l].var(unbiased=False) for l in range(1, L + 1)])
     if not stratified:
-        return float(g.var(unbiased=False)) / n + within
-    cuts = {0.0, 1.0} | {k * n / L - j for j in range(n) for k in range(L + 1) if 0.0 < k * n / L - j < 1.0}
-    cuts = torch.tensor(sorted(cuts), dtype=torch.float64)
-    mid, w = (cuts[1:] + cuts[:-1]) / 2, cuts[1:] - cuts[:-1]
-    l_idx = ((mid[:, None] + torch.arange(n, dtype=torch.float64)) / n * L).floor().long().clamp_(0, L - 1)
-    m = g[l_idx].mean(1)  # the stratified mean of g at each offset
-    return float((w * (m - (w * m).sum()) ** 2).sum()) + within
+        return float(g.var(unbiased=False) + s2.mean()) / n
+    e = strata_edges(n, strata)
+    w = e[1:] - e[:-1]
+    k = torch.arange(L + 1, dtype=torch.float64)
+    cuts = ((k[None, :] / L - e[:-1, None]) / w[:, None]).flatten()  # offsets where l_j(u) changes
+    cuts = torch.cat([torch.tensor([0.0, 1.0], dtype=torch.float64), cuts[(cuts > 0) & (cuts < 1)]]).unique()
+    mid, width = (cuts[1:] + cuts[:-1]) / 2, cuts[1:] - cuts[:-1]
+    l_idx = ((e[:-1] + mid[:, None] * w) * L).floor().long().clamp_(0, L - 1)  # [piece, stratum]
+    m = (w * g[l_idx]).sum(1)  # the estimate's conditional mean at each offset
+    within = (width * (w ** 2 * s2[l_idx]).sum(1)).sum()
+    return float((width * (m - (width * m).sum()) ** 2).sum() + within)
 
 
 def exact_elbo(backbone, question: str, answer: str, *, max_tokens: int = 12, batch_size: int = 64) -> float:
