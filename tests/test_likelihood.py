@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from conftest import make_tiny_backbone
 from timerome.backbones import ADAPTERS, Backbone
-from timerome.likelihood import (answer_logprob, answer_logprob_details, elbo_terms, encode_example, exact_elbo,
-                                 mask_counts, mc_variance, sample_masks, strata_edges)
+from timerome.likelihood import (answer_logprob, answer_logprob_details, answer_tail, elbo_terms, encode_example,
+                                 exact_elbo, mask_counts, mc_variance, sample_masks, strata_edges)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -98,36 +98,57 @@ Q, A = ["who wrote the red book ?", "carol sings"], ["alice wrote the red book i
 
 
 # --- tokenisation and the exact context the model sees -----------------------------------------------
-def test_context_is_prompt_then_answer_without_eos(tiny_tokenizer):
+@pytest.mark.parametrize("eos_tail", [True, False])
+def test_context_is_prompt_answer_then_eos_tail(tiny_tokenizer, eos_tail):
     bb = make_tiny_backbone(tiny_tokenizer)
     seen = []
     orig = bb.logits_at
-    bb.logits_at = lambda ids, att, r, c: (seen.append((ids.clone(), None if att is None else att.clone())), orig(ids, att, r, c))[1]
-    r = answer_logprob_details(bb, Q[:1], A[:1], n_mc=8, batch_size=64)
+    bb.logits_at = lambda ids, att, r, c: (seen.append((ids.clone(), None if att is None else att.clone(), list(c))),
+                                           orig(ids, att, r, c))[1]
+    r = answer_logprob_details(bb, Q[:1], A[:1], n_mc=8, batch_size=64, eos_tail=eos_tail)
     p, a = encode_example(bb, Q[0], A[0])
+    tail = [tiny_tokenizer.eos_token_id] if eos_tail else []
+    assert answer_tail(bb, eos_tail) == tail
     assert p[0] == tiny_tokenizer.bos_token_id and p[1:] == bb.encode(bb.prompt(Q[0]))
     assert a == bb.encode(bb.answer_prefix + A[0]) and tiny_tokenizer.eos_token_id not in a
     assert int(r.n_tokens[0]) == len(a)
-    (ids, att), = seen
-    assert ids.shape == (8, len(p) + len(a)) and bool(att.all())  # [prompt | answer], nothing after it
+    (ids, att, cols), = seen
+    assert ids.shape == (8, len(p) + len(a) + len(tail)) and bool(att.all())  # [prompt | answer | tail]
     assert (ids[:, :len(p)] == torch.tensor(p)).all()  # the prompt is never masked
-    ans = ids[:, len(p):]
+    assert (ids[:, len(p) + len(a):] == torch.tensor(tail, dtype=torch.long)).all()  # nor the tail
+    assert all(len(p) <= c < len(p) + len(a) for c in cols)  # only answer positions are scored
+    ans = ids[:, len(p):len(p) + len(a)]
     masked = ans == bb.mask_id
     assert ((ans == torch.tensor(a)) | masked).all()
     assert (masked.sum(1) >= 1).all() and (masked.sum(1) <= len(a)).all()
     assert torch.allclose(r.per_token, r.total / r.n_tokens)
 
 
+def test_eos_tail_changes_mdlm_scores_not_causal_ones(tiny_tokenizer):
+    bb = sharp_tiny_backbone(tiny_tokenizer)
+    with_tail, without = (answer_logprob(bb, Q, A, n_mc=4, seed=0, eos_tail=t) for t in (True, False))
+    assert not torch.allclose(with_tail, without)  # the EOS is context the bidirectional model reads
+    ar = make_tiny_backbone(tiny_tokenizer, causal=True)
+    assert torch.equal(answer_logprob(ar, Q, A, eos_tail=True), answer_logprob(ar, Q, A, eos_tail=False))
+    assert answer_tail(ar) == []
+    toy = toy_backbone()
+    toy.tokenizer.eos_token_id = None  # a tokenizer without EOS: the tail cannot be built
+    with pytest.raises(ValueError, match="no EOS token.*eos_tail=False"):
+        answer_logprob(toy, ["s"], ["a b"])
+    assert answer_logprob(toy, ["s"], ["a b"], eos_tail=False).shape == (1,)
+
+
 def test_mask_counts_stratified_and_iid():
     g = torch.Generator().manual_seed(0)
     for L, n in [(1, 5), (4, 8), (5, 16), (7, 3), (20, 16)]:
-        c, w = mask_counts(L, n, g, stratified=True, strata=None)  # even strata, as LLaDA
-        assert c.min() >= 1 and c.max() <= L and len(c) == n
-        assert torch.equal(w, torch.full((n,), 1 / n, dtype=torch.float64))
-        if n % L == 0:  # every count appears exactly n / L times
-            assert torch.equal(torch.bincount(c, minlength=L + 1)[1:], torch.full((L,), n // L))
-        else:  # evenly spread: no count appears more than ceil(n / L) times
-            assert torch.bincount(c).max() <= math.ceil(n / L)
+        for shared in (True, False):  # even strata; a shared offset is LLaDA's evenly spread counts
+            c, w = mask_counts(L, n, g, stratified=True, strata=None, shared_offset=shared)
+            assert c.min() >= 1 and c.max() <= L and len(c) == n
+            assert torch.equal(w, torch.full((n,), 1 / n, dtype=torch.float64))
+            if n % L == 0:  # every count appears exactly n / L times
+                assert torch.equal(torch.bincount(c, minlength=L + 1)[1:], torch.full((L,), n // L))
+            else:  # evenly spread: a count's ratios overlap at most ceil(n / L) (+1 with own offsets) strata
+                assert torch.bincount(c).max() <= math.ceil(n / L) + (not shared)
         c, w = mask_counts(L, n, g)  # default Beta strata: weights are the stratum widths
         assert c.min() >= 1 and c.max() <= L and len(c) == n
         e = strata_edges(n)
@@ -136,14 +157,28 @@ def test_mask_counts_stratified_and_iid():
         assert c.min() >= 1 and c.max() <= L and float(w.sum()) == pytest.approx(1.0, abs=1e-12)
     counts, _, masks = sample_masks(6, 50, g, stratified=False)
     assert torch.equal(masks.sum(1), counts)
+    # one offset per stratum (default) vs one shared offset: every ratio stays inside its stratum;
+    # a shared offset puts every sample at the same relative place, independent ones do not
+    e = strata_edges(16)
+    rel = {}
+    for shared in (False, True):
+        g = torch.Generator().manual_seed(2)
+        r = []
+        for _ in range(200):
+            c, _ = mask_counts(1000, 16, g, shared_offset=shared)
+            t = (c - 1).double() / 1000  # floor(t L) / L: within 1/L below the sampled ratio
+            assert ((t >= e[:-1] - 1e-3) & (t < e[1:])).all()
+            r.append((t - e[:-1]) / (e[1:] - e[:-1]))
+        rel[shared] = torch.stack(r)
+    assert float(rel[True].std(1).max()) < 0.1 < float(rel[False].std(1).min())
     # the unbiasedness argument: E[sum_j w_j 1(l_j = l)] = 1 / L for every count l, for every strata
-    for strata in (None, (0.6, 0.8), (2.0, 0.5)):
+    for strata, shared in itertools.product((None, (0.6, 0.8), (2.0, 0.5)), (False, True)):
         g = torch.Generator().manual_seed(1)
         mass = torch.zeros(6, dtype=torch.float64)
         for _ in range(4000):
-            c, w = mask_counts(5, 3, g, strata=strata)
+            c, w = mask_counts(5, 3, g, strata=strata, shared_offset=shared)
             mass.index_add_(0, c, w)
-        assert (mass[1:] / 4000 - 0.2).abs().max() < 0.015, strata
+        assert (mass[1:] / 4000 - 0.2).abs().max() < 0.015, (strata, shared)
     # the default strata are narrower at both ends of the mask ratio than in the middle
     w = strata_edges(16).diff()
     assert w[0] < 1 / 16 and w[-1] < 1 / 16 and w[7] > 1 / 16
@@ -211,8 +246,9 @@ def test_context_free_model_unequal_probs_expectation_is_exact():
 
 
 def _cond(bb, prompt, toks):
-    """log p(. | context) at every answer position of [prompt | toks] (toks may hold mask ids)."""
-    ids = torch.tensor([prompt + toks])
+    """log p(. | context) at every answer position of [prompt | toks | EOS] (toks may hold mask
+    ids): the context the estimator scores in (its default eos_tail)."""
+    ids = torch.tensor([prompt + toks + answer_tail(bb)])
     return torch.log_softmax(bb.logits(ids)[0, len(prompt):].double(), -1)
 
 
@@ -259,13 +295,13 @@ def test_estimators_unbiased_with_the_exact_variance(tiny_tokenizer):
     terms = elbo_terms(bb, q, ans)
     assert len(terms) == len(encode_example(bb, q, ans)[1]) == 6
     ref = exact_elbo(bb, q, ans)
-    for strat, bal in ((True, False), (False, False), (True, True)):
-        v = torch.stack([answer_logprob(bb, [q], [ans], n_mc=16, seed=k, stratified=strat, balanced=bal)[0]
-                         for k in range(200)])
+    for strat, bal, shared in ((True, False, False), (True, False, True), (False, False, False), (True, True, False)):
+        v = torch.stack([answer_logprob(bb, [q], [ans], n_mc=16, seed=k, stratified=strat, balanced=bal,
+                                        shared_offset=shared)[0] for k in range(200)])
         se = float(v.std()) / math.sqrt(len(v))
-        assert abs(float(v.mean()) - ref) < 4 * se, (strat, bal, float(v.mean()), ref, se)
+        assert abs(float(v.mean()) - ref) < 4 * se, (strat, bal, shared, float(v.mean()), ref, se)
         if not bal:  # mc_variance is exact for independent positions
-            assert 0.6 < float(v.var()) / mc_variance(terms, 16, stratified=strat) < 1.6
+            assert 0.6 < float(v.var()) / mc_variance(terms, 16, stratified=strat, shared_offset=shared) < 1.6
     # a random model's predictions barely depend on how much answer is visible: little to stratify
     assert mc_variance(terms, 16, stratified=True) <= mc_variance(terms, 16, stratified=False)
 
@@ -289,7 +325,8 @@ def test_stratification_removes_the_between_count_variance():
     bb = _copy_model(0, jitter=0.0)
     terms = elbo_terms(bb, "s", "a b c d")
     assert all(float(t.std(unbiased=False)) < 1e-6 for t in terms.values())
-    assert mc_variance(terms, 8, strata=None) < 1e-10 < mc_variance(terms, 8, stratified=False)
+    for shared in (False, True):  # L | n_mc: each even stratum maps to one count, whatever the offsets
+        assert mc_variance(terms, 8, strata=None, shared_offset=shared) < 1e-10 < mc_variance(terms, 8, stratified=False)
     strat = torch.stack([answer_logprob(bb, ["s"], ["a b c d"], n_mc=8, seed=k, strata=None)[0] for k in range(30)])
     iid = torch.stack([answer_logprob(bb, ["s"], ["a b c d"], n_mc=8, seed=k, stratified=False)[0] for k in range(30)])
     assert float(strat.std()) < 1e-5 < float(iid.std())
@@ -299,7 +336,8 @@ def test_stratification_removes_the_between_count_variance():
     bb = _copy_model(1, jitter=0.5)
     terms = elbo_terms(bb, "s", "a b c d a")
     ref = exact_elbo(bb, "s", "a b c d a")
-    designs = {"iid": dict(stratified=False), "even": dict(strata=None), "beta": dict()}
+    designs = {"iid": dict(stratified=False), "even": dict(strata=None), "beta": dict(),
+               "even_shared": dict(strata=None, shared_offset=True), "beta_shared": dict(shared_offset=True)}
     for name, kw in designs.items():
         v = torch.stack([answer_logprob(bb, ["s"], ["a b c d a"], n_mc=16, seed=k, balanced=False, **kw)[0]
                          for k in range(200)])

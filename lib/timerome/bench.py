@@ -1,14 +1,15 @@
 """Benchmarks (timing goals live here, never in unit tests).
 
-    python -m timerome.bench likelihood [--backbone tiny-mdlm] [--n 100] [--seeds 20]
+    python -m timerome.bench likelihood [--backbone tiny-mdlm] [--first 0] [--n 400] [--seeds 20] [--no-eos-tail]
 
 ``likelihood``: throughput of `answer_logprob` at n_mc = 16 (answers scored per second), and
 the standard error of the estimate -- the default (mask ratio stratified at the quantiles of
-Beta(0.6, 0.8), balanced positions), even strata with balanced positions (the previous default),
-even strata alone (LLaDA's evenly spread counts), and plain i.i.d. mask ratios -- measured as the
-spread of the estimate over independent seeds, per example (target: the default SE ≤ 0.7 × the
-i.i.d. SE). ``--first`` picks the facts (forget10[first : first + n]); the Beta parameters were
-chosen on facts 100-199, so the default ``--first 0`` measures on facts they were not tuned on.
+Beta(0.6, 0.8), one offset per stratum, balanced positions), the same with one shared offset
+(the previous default), LLaDA's scheme (even strata, one shared offset, independent positions),
+and plain i.i.d. mask ratios -- measured as the spread of the estimate over independent seeds,
+per example (target: the default SE ≤ 0.7 × the i.i.d. SE), over forget10[first : first + n] and
+per block of ``--block`` facts (the Beta parameters were chosen on facts 100-199, so the other
+blocks are facts they were not tuned on). ``--no-eos-tail`` scores with nothing after the answer.
 
     python -m timerome.bench tracer [--backbone tiny-mdlm] [--n 8] [--naive-n 2] [--steps 8]
 
@@ -39,34 +40,43 @@ import numpy as np
 import torch
 
 
-def bench_likelihood(backbone_name="tiny-mdlm", n=100, seeds=20, n_mc=16, split="forget10", threads=None, first=0):
+def bench_likelihood(backbone_name="tiny-mdlm", n=400, seeds=20, n_mc=16, split="forget10", threads=None, first=0,
+                     block=100, eos_tail=True):
     import timerome
     from timerome import data, likelihood
 
     if threads:
         torch.set_num_threads(threads)
     bb = timerome.load_backbone(backbone_name)
-    facts = data.load_tofu(split)[first:first + n]
+    split_facts = data.load_tofu(split)
+    facts = split_facts[first:first + n]
+    if first < 0 or n < 1 or not facts:
+        raise ValueError(f"{split} has {len(split_facts)} facts: first={first}, n={n} selects none")
     qs, ans = [f.question for f in facts], [f.answer for f in facts]
-    likelihood.answer_logprob(bb, qs[:4], ans[:4], n_mc=n_mc)  # warm-up
+    n = len(facts)
+    likelihood.answer_logprob(bb, qs[:4], ans[:4], n_mc=n_mc, eos_tail=eos_tail)  # warm-up
     t0 = time.perf_counter()
-    likelihood.answer_logprob(bb, qs, ans, n_mc=n_mc, seed=0)
+    likelihood.answer_logprob(bb, qs, ans, n_mc=n_mc, seed=0, eos_tail=eos_tail)
     seconds = time.perf_counter() - t0
-    variants = {"default": {}, "even_balanced": dict(strata=None),  # even strata: LLaDA's evenly spread counts
-                "even_only": dict(strata=None, balanced=False), "iid": dict(stratified=False)}
-    est = {v: torch.stack([likelihood.answer_logprob(bb, qs, ans, n_mc=n_mc, seed=k, **kw)
+    variants = {"default": {}, "shared_offset": dict(shared_offset=True),  # the previous default
+                "llada": dict(strata=None, shared_offset=True, balanced=False),  # even strata, one offset
+                "iid": dict(stratified=False)}
+    est = {v: torch.stack([likelihood.answer_logprob(bb, qs, ans, n_mc=n_mc, seed=k, eos_tail=eos_tail, **kw)
                            for k in range(seeds)]).numpy() for v, kw in variants.items()}
     se = {v: e.std(0, ddof=1) for v, e in est.items()}
     ok = se["iid"] > 0
-    out = {"backbone": backbone_name, "split": split, "first": first, "n_examples": len(facts), "n_mc": n_mc, "seeds": seeds,
-           "threads": torch.get_num_threads(), "seconds": round(seconds, 3),
+    out = {"backbone": backbone_name, "split": split, "first": first, "n_examples": n, "n_mc": n_mc, "seeds": seeds,
+           "eos_tail": eos_tail, "threads": torch.get_num_threads(), "seconds": round(seconds, 3),
            "answers_per_s": round(n / seconds, 2), "forward_rows_per_s": round(n * n_mc / seconds, 1)}
     for v in variants:
         out[f"se_{v}_mean"] = float(se[v].mean())
         out[f"mean_estimate_{v}"] = float(est[v].mean())
-    for v in ("default", "even_balanced", "even_only"):  # the target: default SE <= 0.7 x the i.i.d. SE
+    for v in ("default", "shared_offset", "llada"):  # the target: default SE <= 0.7 x the i.i.d. SE
         out[f"se_ratio_{v}_vs_iid"] = float(se[v].mean() / se["iid"].mean())
         out[f"se_ratio_{v}_vs_iid_median_per_example"] = float(np.median(se[v][ok] / se["iid"][ok]))
+        out[f"se_ratio_{v}_vs_iid_by_block"] = {
+            f"{first + b}-{first + min(b + block, n) - 1}": float(se[v][b:b + block].mean() / se["iid"][b:b + block].mean())
+            for b in range(0, n, block)}
     return out
 
 
@@ -273,10 +283,12 @@ def main(argv=None):
     common.add_argument("--backbone", default="tiny-mdlm")
     common.add_argument("--threads", type=int, default=None)
     p = sub.add_parser("likelihood", parents=[common])
-    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--n", type=int, default=400)
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--n-mc", type=int, default=16)
     p.add_argument("--first", type=int, default=0)
+    p.add_argument("--block", type=int, default=100)
+    p.add_argument("--no-eos-tail", dest="eos_tail", action="store_false")
     p = sub.add_parser("tracer", parents=[common])
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--naive-n", type=int, default=2)
@@ -288,7 +300,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args(argv)
     if args.what == "likelihood":
-        out = bench_likelihood(args.backbone, args.n, args.seeds, args.n_mc, threads=args.threads, first=args.first)
+        out = bench_likelihood(args.backbone, args.n, args.seeds, args.n_mc, threads=args.threads, first=args.first,
+                               block=args.block, eos_tail=args.eos_tail)
     if args.what == "tracer":
         out = bench_tracer(args.backbone, args.n, args.naive_n, args.steps, args.repeats, threads=args.threads)
     if args.what == "memory":

@@ -17,13 +17,19 @@ Exactly as the sampler and `metrics.generate_answers` prompt the backbone::
 
     prompt = [BOS if the tokenizer has one] + backbone.encode(backbone.prompt(question))
     answer = backbone.encode(backbone.answer_prefix + answer)           # no EOS
+    context = [prompt | answer | EOS]   (eos_tail=True, the default)
+              [prompt | answer]         (eos_tail=False: LLaDA's ``get_log_likelihood``)
 
-Only the answer tokens are scored (TOFU-style metrics score the answer text, not the stop
-token), so ``n_tokens`` is the answer length without EOS. The context is ``[prompt | answer]``
-with nothing after the answer: no EOS, no EOS fill (as in LLaDA's ``get_log_likelihood``). Note
-that the tiny MDLMs are trained with ``answer + EOS fill`` and sampled with a fixed-length masked
-canvas; scoring without the EOS tail is the standard LLaDA protocol, not the sampler's exact
-canvas, and values are comparable only between runs that use this same convention.
+Only the answer tokens are masked and scored (TOFU-style metrics score the answer text, not the
+stop token), so ``n_tokens`` is the answer length without EOS. The EOS after the answer is
+visible context, never masked: every MDLM of this artifact (the tiny recipe and the paper
+profile's fine-tune, `finetune`) is trained on ``answer + EOS fill``, so an answer that simply
+stops at the end of the sequence is a context it has never seen. Measured on tiny-mdlm (forget10
+facts 0-39): without the tail, the log-probability of a token masked alone with the rest of its
+answer visible is far off -- summed over the answer, -9.37 nats with no tail vs -2.83 with one
+EOS (-2.02 with four), the spread of the ``l = 1`` samples 18.8 vs 5.0 nats -- so the tail gives a
+tighter bound (all 400 forget10 answers: mean ELBO -5.79 vs -10.09 nats) and a 2.1x smaller i.i.d.
+standard error (``python -m timerome.bench likelihood [--no-eos-tail]``). ``eos_tail=False`` keeps LLaDA's protocol for base models scored on text continuations.
 
 Masked diffusion (``backbone.is_causal`` False): Monte-Carlo ELBO
 -----------------------------------------------------------------
@@ -36,25 +42,30 @@ autoregressive log-likelihood over uniformly random orders, which by Jensen is a
 the log of the order-mixture likelihood ``log E_order p_order(answer | question)`` (tight when
 the model's conditionals agree across orders, e.g. when they are context-free).
 
-* ``stratified=True`` (default, LLaDA-style systematic sampling of the mask ratio ``t = l / L``):
-  the ratio axis ``(0, 1]`` is cut into ``n_mc`` strata ``[e_j, e_{j+1})``; one uniform offset
-  ``u`` per example puts sample ``j`` at ``t_j = e_j + u (e_{j+1} - e_j)``, ``l_j = floor(t_j L) + 1``,
-  and the estimate is ``sum_j (e_{j+1} - e_j) * (L / l_j) * sum_{masked i} log p(...)``: each
-  stratum is sampled uniformly and weighted by its probability, so the estimate is unbiased, and
-  a model whose sample value does not depend on ``l`` (context-free, equal token probabilities) is
-  still scored exactly. ``strata=None``: even strata ``e_j = j / n_mc`` -- LLaDA's evenly spread
-  counts (its ``forward_process`` draws an integer offset and rounds ``linspace(k, k + (n-1) L/n)``
+* ``stratified=True`` (default): stratified sampling of the mask ratio ``t = l / L``. The ratio
+  axis ``(0, 1]`` is cut into ``n_mc`` strata ``[e_j, e_{j+1})``; sample ``j`` draws its own uniform
+  offset ``u_j`` and sits at ``t_j = e_j + u_j (e_{j+1} - e_j)``, ``l_j = floor(t_j L) + 1``, and the
+  estimate is ``sum_j (e_{j+1} - e_j) * (L / l_j) * sum_{masked i} log p(...)``: each stratum is
+  sampled uniformly and weighted by its probability, so the estimate is unbiased, and a model
+  whose sample value does not depend on ``l`` (context-free, equal token probabilities) is still
+  scored exactly. ``shared_offset=True``: one offset ``u`` for all strata (LLaDA's systematic
+  sampling: its ``forward_process`` draws one integer offset and spreads the counts evenly). The
+  expected score typically falls as ``t`` grows (less of the answer visible), and a shared
+  offset moves every sample the same way along that trend, so their errors add up; independent
+  offsets let them cancel (tiny-mdlm, 400 forget10 answers, 20 seeds: SE/i.i.d. 0.655 vs 0.686).
+  ``strata=None``: even strata ``e_j = j / n_mc``. (LLaDA rounds ``linspace(k, k + (n-1) L/n)``
   half-to-even, so when ``L/n`` has a fractional .5 its counts are not uniform over 1..L: for
   ``L=4, n_mc=8`` they are 1,2,3,4 with frequencies 1/8, 3/8, 1/8, 3/8 -- a small bias; the
-  continuous offset avoids that). ``strata=(a, b)`` (default `DEFAULT_STRATA` = (0.6, 0.8)): the
+  continuous offsets avoid that.) ``strata=(a, b)`` (default `DEFAULT_STRATA` = (0.6, 0.8)): the
   ``e_j`` are the ``j / n_mc`` quantiles of a Beta(a, b) density, i.e. a Neyman-style allocation.
   Why: a sample with few masked tokens scores few tokens and weighs each by ``L / l``, so its
   spread is by far the largest (on tiny-mdlm's forget10 answers, ``L`` about 40, the mean
-  per-sample variance at ``l = 1`` is ~40x that at ``l = 20``), and near ``t = 1`` the expected value changes fastest as the last context
-  tokens disappear; the U-shaped Beta(0.6, 0.8) puts more, narrower strata at both ends and fewer,
-  wider ones in the middle. The parameters were chosen from per-count variances of tiny-mdlm on
-  held-out forget10 facts (100-199; a in 0.5-0.6, b in 0.8-0.9 are equally good) and validated on
-  the benchmark's facts 0-99 (``python -m timerome.bench likelihood``).
+  per-sample variance at ``l = 1`` is ~40x that at ``l = 20``), and near ``t = 1`` the expected value
+  changes fastest as the last context tokens disappear; the U-shaped Beta(0.6, 0.8) puts more,
+  narrower strata at both ends and fewer, wider ones in the middle. The parameters were chosen
+  from per-count variances of tiny-mdlm on forget10 facts 100-199 (a in 0.5-0.6, b in 0.8-1.0
+  are equally good, also with independent offsets); ``python -m timerome.bench likelihood``
+  measures every 100-fact block of forget10.
 * ``balanced`` (default: on with ``stratified``): the positions are balanced across the samples
   too. One uniform permutation of the answer positions is drawn per example and sample ``j``
   masks a window of ``l_j`` consecutive entries of it, the windows laid end to end around the
@@ -86,7 +97,7 @@ stratification, so it usually over-states the error.
 
 Random numbers: every example gets its own ``torch.Generator`` seeded from a hash of
 ``(seed, question, answer)``. An example's estimate is therefore a deterministic function of
-``(backbone, question, answer, n_mc, seed, stratified, strata, balanced)``: it does not depend on the other
+``(backbone, question, answer, n_mc, seed)`` and the estimator options: it does not depend on the other
 examples, its position in the list, or ``batch_size`` (up to float round-off from different
 padding). Two backbones with the same tokenizer (e.g. a model and its edited copy) see the same
 masks for the same example -- common random numbers, which lowers the variance of differences.
@@ -94,8 +105,9 @@ Duplicated (question, answer) pairs get identical estimates.
 
 Causal backbones (``is_causal`` True): the exact teacher-forced log-probability
 ``sum_j log p(a_j | prompt, a_<j)``, where logits at position ``i`` predict token ``i + 1`` (the
-AR convention; `Backbone.logits` only re-aligns shifted *diffusion* models). ``n_mc``, ``seed``
-``stratified``, ``strata`` and ``balanced`` are ignored and ``stderr`` is 0.
+AR convention; `Backbone.logits` only re-aligns shifted *diffusion* models). ``n_mc``, ``seed``, the
+estimator options and ``eos_tail`` (nothing after the answer changes its causal scores) are ignored
+and ``stderr`` is 0.
 
 Batching and padding
 --------------------
@@ -122,7 +134,7 @@ import numpy as np
 import torch
 
 __all__ = ["AnswerLogprob", "answer_logprob", "answer_logprob_details", "exact_elbo", "encode_example",
-           "elbo_terms", "mc_variance", "mask_counts", "sample_masks", "strata_edges", "DEFAULT_STRATA"]
+           "elbo_terms", "mc_variance", "mask_counts", "sample_masks", "strata_edges", "answer_tail", "DEFAULT_STRATA"]
 
 
 class AnswerLogprob(NamedTuple):
@@ -140,6 +152,15 @@ def encode_example(backbone, question: str, answer: str) -> tuple[list[int], lis
     if not ans:
         raise ValueError(f"answer {answer!r} encodes to no tokens (answer_prefix={backbone.answer_prefix!r})")
     return prompt, ans
+
+
+def answer_tail(backbone, eos_tail: bool = True) -> list[int]:
+    """The visible, unscored context after the answer: ``[EOS]`` with ``eos_tail``, else nothing."""
+    if not eos_tail or backbone.is_causal:  # causal: nothing after the answer can change its scores
+        return []
+    if backbone.eos_id is None:
+        raise ValueError(f"{backbone.name or 'backbone'} has no EOS token: score with eos_tail=False")
+    return [int(backbone.eos_id)]
 
 
 def _example_seed(seed: int, question: str, answer: str) -> int:
@@ -172,23 +193,23 @@ def strata_edges(n_mc: int, strata=DEFAULT_STRATA) -> torch.Tensor:
 
 
 def mask_counts(L: int, n_mc: int, generator: torch.Generator, *, stratified: bool = True,
-                strata=DEFAULT_STRATA) -> tuple[torch.Tensor, torch.Tensor]:
+                strata=DEFAULT_STRATA, shared_offset: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(counts [n_mc] in 1..L, weights [n_mc] float64 summing to 1): the estimate is
-    ``sum_j weights[j] * (L / counts[j]) * sum_{masked i} log p`` (see the module docstring)."""
+    ``sum_j weights[j] * (L / counts[j]) * sum_{masked i} log p`` (see the module docstring).
+
+    Stratified: one uniform offset per stratum, or with ``shared_offset`` one for all of them
+    (LLaDA's systematic sampling)."""
     if stratified:
-        u = torch.rand((), generator=generator, dtype=torch.float64)
-        if strata is None:  # even strata: one point in each of n_mc equal strata
-            t, w = (u + torch.arange(n_mc, dtype=torch.float64)) / n_mc, torch.full((n_mc,), 1.0 / n_mc, dtype=torch.float64)
-        else:
-            e = strata_edges(n_mc, strata)
-            w = e[1:] - e[:-1]
-            t = e[:-1] + u * w
+        e = strata_edges(n_mc, strata)
+        w = torch.full((n_mc,), 1.0 / n_mc, dtype=torch.float64) if strata is None else e[1:] - e[:-1]
+        u = torch.rand(() if shared_offset else (n_mc,), generator=generator, dtype=torch.float64)
+        t = e[:-1] + u * w
         return (t * L).floor().long().clamp_(0, L - 1) + 1, w
     return torch.randint(1, L + 1, (n_mc,), generator=generator), torch.full((n_mc,), 1.0 / n_mc, dtype=torch.float64)
 
 
 def sample_masks(L: int, n_mc: int, generator: torch.Generator, *, stratified: bool = True, balanced: bool | None = None,
-                 strata=DEFAULT_STRATA):
+                 strata=DEFAULT_STRATA, shared_offset: bool = False):
     """(counts [n_mc], weights [n_mc], masks [n_mc, L] bool): sample j masks exactly counts[j] uniform
     positions; counts and weights as `mask_counts`.
 
@@ -196,7 +217,7 @@ def sample_masks(L: int, n_mc: int, generator: torch.Generator, *, stratified: b
     uniform permutation of the positions, laid end to end (see the module docstring); otherwise
     each sample draws its own uniform subset.
     """
-    counts, weights = mask_counts(L, n_mc, generator, stratified=stratified, strata=strata)
+    counts, weights = mask_counts(L, n_mc, generator, stratified=stratified, strata=strata, shared_offset=shared_offset)
     if stratified if balanced is None else balanced:
         perm = torch.randperm(L, generator=generator)
         start = counts.cumsum(0) - counts
@@ -267,7 +288,8 @@ def _check_args(questions, answers, n_mc, batch_size):
 @torch.no_grad()
 def answer_logprob_details(backbone, questions: Sequence[str], answers: Sequence[str], *, n_mc: int = 16,
                            seed: int = 0, batch_size: int = 32, stratified: bool = True, balanced: bool | None = None,
-                           strata=DEFAULT_STRATA, group_by_length: bool = False) -> AnswerLogprob:
+                           strata=DEFAULT_STRATA, shared_offset: bool = False, eos_tail: bool = True,
+                           group_by_length: bool = False) -> AnswerLogprob:
     """Per example: log p(answer | question) (MC ELBO for MDLMs, exact for causal LMs) and friends.
 
     ``batch_size`` is the number of rows per forward (a row is one (example, MC sample) pair for
@@ -291,15 +313,16 @@ def answer_logprob_details(backbone, questions: Sequence[str], answers: Sequence
         total = _score_rows(backbone, rows, batch_size, group_by_length)
         return AnswerLogprob(total, total / n_tokens, n_tokens, torch.zeros(N, dtype=torch.float64))
 
-    n_mc, mask_id = int(n_mc), backbone.mask_id
+    n_mc, mask_id, tail = int(n_mc), backbone.mask_id, answer_tail(backbone, eos_tail)
     rows, factors, weights = [], [], []
     for (p, a), q, ans in zip(enc, questions, answers):
         L = len(a)
         gen = torch.Generator().manual_seed(_example_seed(seed, q, ans))
-        counts, w, masks = sample_masks(L, n_mc, gen, stratified=stratified, balanced=balanced, strata=strata)
+        counts, w, masks = sample_masks(L, n_mc, gen, stratified=stratified, balanced=balanced, strata=strata,
+                                        shared_offset=shared_offset)
         for j in range(n_mc):
             m = masks[j].tolist()
-            rows.append(_Row(p + [mask_id if mj else t for t, mj in zip(a, m)],
+            rows.append(_Row(p + [mask_id if mj else t for t, mj in zip(a, m)] + tail,
                              [len(p) + i for i in range(L) if m[i]], [t for t, mj in zip(a, m) if mj]))
             factors.append(L / int(counts[j]))
         weights.append(w)
@@ -316,18 +339,21 @@ def answer_logprob_details(backbone, questions: Sequence[str], answers: Sequence
 
 def answer_logprob(backbone, questions: Sequence[str], answers: Sequence[str], *, n_mc: int = 16, seed: int = 0,
                    batch_size: int = 32, stratified: bool = True, balanced: bool | None = None,
-                   strata=DEFAULT_STRATA, group_by_length: bool = False) -> torch.Tensor:
+                   strata=DEFAULT_STRATA, shared_offset: bool = False, eos_tail: bool = True,
+                   group_by_length: bool = False) -> torch.Tensor:
     """[N] float64 CPU tensor: summed log p(answer | question) in nats (MC ELBO for MDLMs).
 
     See `answer_logprob_details` and the module docstring.
     """
     return answer_logprob_details(backbone, questions, answers, n_mc=n_mc, seed=seed, batch_size=batch_size,
                                   stratified=stratified, balanced=balanced, strata=strata,
+                                  shared_offset=shared_offset, eos_tail=eos_tail,
                                   group_by_length=group_by_length).total
 
 
 @torch.no_grad()
-def elbo_terms(backbone, question: str, answer: str, *, max_tokens: int = 12, batch_size: int = 64) -> dict:
+def elbo_terms(backbone, question: str, answer: str, *, max_tokens: int = 12, batch_size: int = 64,
+               eos_tail: bool = True) -> dict:
     """Every value one MDLM Monte-Carlo sample can take, by mask count: ``{l: [C(L, l)] float64}``.
 
     ``terms[l][k]`` is ``(L / l) * sum_{i in S_k} log p(x_i | x_not S_k)`` for the k-th subset
@@ -339,7 +365,7 @@ def elbo_terms(backbone, question: str, answer: str, *, max_tokens: int = 12, ba
     if backbone.is_causal:
         raise ValueError("elbo_terms is for masked-diffusion backbones")
     p, a = encode_example(backbone, question, answer)
-    L = len(a)
+    tail, L = answer_tail(backbone, eos_tail), len(a)
     if L > max_tokens:
         raise ValueError(f"answer has {L} tokens; exhaustive enumeration is limited to max_tokens={max_tokens}")
     rows, sizes = [], []
@@ -348,21 +374,24 @@ def elbo_terms(backbone, question: str, answer: str, *, max_tokens: int = 12, ba
             toks = list(a)
             for i in S:
                 toks[i] = backbone.mask_id
-            rows.append(_Row(p + toks, [len(p) + i for i in S], [a[i] for i in S]))
+            rows.append(_Row(p + toks + tail, [len(p) + i for i in S], [a[i] for i in S]))
             sizes.append(l)
     vals = _score_rows(backbone, rows, batch_size, group_by_length=False)
     sizes = torch.tensor(sizes)
     return {l: vals[sizes == l] * (L / l) for l in range(1, L + 1)}
 
 
-def mc_variance(terms: dict, n_mc: int, *, stratified: bool = True, strata=DEFAULT_STRATA) -> float:
+def mc_variance(terms: dict, n_mc: int, *, stratified: bool = True, strata=DEFAULT_STRATA,
+                shared_offset: bool = False) -> float:
     """Exact variance of the ``n_mc``-sample estimate with independent positions (``balanced=False``),
     from `elbo_terms` (no sampling noise).
 
     With ``g(l)`` the mean and ``s2(l)`` the (population) variance of the terms of mask count ``l``:
-    i.i.d.: ``(Var_l g + E_l s2) / n``; stratified with widths ``w_j``:
-    ``Var_u(sum_j w_j g(l_j(u))) + E_u sum_j w_j^2 s2(l_j(u))``, both integrated exactly over the
-    offset ``u`` (piecewise constant between the points where some ``t_j(u) L`` is an integer).
+    i.i.d.: ``(Var_l g + E_l s2) / n``. Stratified with widths ``w_j``, one offset per stratum:
+    ``sum_j w_j^2 (Var_j g + E_j s2)``, moments over the counts that stratum ``j``'s ratios map
+    to; with ``shared_offset``: ``Var_u(sum_j w_j g(l_j(u))) + E_u sum_j w_j^2 s2(l_j(u))``,
+    integrated exactly over the offset ``u`` (piecewise constant between the points where some
+    ``t_j(u) L`` is an integer).
     """
     L, n = len(terms), int(n_mc)
     g = torch.stack([terms[l].mean() for l in range(1, L + 1)])
@@ -371,6 +400,13 @@ def mc_variance(terms: dict, n_mc: int, *, stratified: bool = True, strata=DEFAU
         return float(g.var(unbiased=False) + s2.mean()) / n
     e = strata_edges(n, strata)
     w = e[1:] - e[:-1]
+    if not shared_offset:  # p[j, l]: probability that stratum j's ratio t gives count l + 1
+        k = torch.arange(L + 1, dtype=torch.float64) / L
+        lo, hi = torch.maximum(e[:-1, None], k[None, :-1]), torch.minimum(e[1:, None], k[None, 1:])
+        p = (hi - lo).clamp_(min=0) / w[:, None]
+        mean = p @ g
+        var = (p * (g[None, :] - mean[:, None]) ** 2).sum(1)
+        return float((w ** 2 * (var + p @ s2)).sum())
     k = torch.arange(L + 1, dtype=torch.float64)
     cuts = ((k[None, :] / L - e[:-1, None]) / w[:, None]).flatten()  # offsets where l_j(u) changes
     cuts = torch.cat([torch.tensor([0.0, 1.0], dtype=torch.float64), cuts[(cuts > 0) & (cuts < 1)]]).unique()
@@ -381,7 +417,8 @@ def mc_variance(terms: dict, n_mc: int, *, stratified: bool = True, strata=DEFAU
     return float((width * (m - (width * m).sum()) ** 2).sum() + within)
 
 
-def exact_elbo(backbone, question: str, answer: str, *, max_tokens: int = 12, batch_size: int = 64) -> float:
+def exact_elbo(backbone, question: str, answer: str, *, max_tokens: int = 12, batch_size: int = 64,
+               eos_tail: bool = True) -> float:
     """The MDLM ELBO of one answer, exhaustively: (1/L) sum_l (L/l) mean_{|S|=l} sum_{i in S} log p(x_i | x_not S).
 
     The exact expectation of both Monte-Carlo estimators (see `elbo_terms`; 2^L - 1 rows). For
@@ -389,5 +426,5 @@ def exact_elbo(backbone, question: str, answer: str, *, max_tokens: int = 12, ba
     """
     if backbone.is_causal:
         return float(answer_logprob(backbone, [question], [answer], batch_size=batch_size)[0])
-    terms = elbo_terms(backbone, question, answer, max_tokens=max_tokens, batch_size=batch_size)
+    terms = elbo_terms(backbone, question, answer, max_tokens=max_tokens, batch_size=batch_size, eos_tail=eos_tail)
     return float(torch.stack([t.mean() for t in terms.values()]).mean())

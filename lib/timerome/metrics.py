@@ -315,7 +315,7 @@ def _enter(edit):
 def evaluate(backbone, split_facts, *, seeds: Iterable[int] = (0,), n_mc: int = 16,
              edit: Callable | None = None, rouge: bool = True, gen_length: int = 96, steps: int = 8,
              with_truth_ratio: bool | Iterable[str] = True, remasking: str = "low_confidence", batch_size: int = 32,
-             gen_batch_size: int = 64, max_examples: int | None = None, root=None) -> pd.DataFrame:
+             gen_batch_size: int = 64, max_examples: int | None = None, root=None, eos_tail: bool = True) -> pd.DataFrame:
     """TOFU per-example metrics of one backbone: one row per (split, fact, seed).
 
     ``split_facts``: ``{split name: [Fact]}``, or a list of TOFU split names loaded with
@@ -332,6 +332,9 @@ def evaluate(backbone, split_facts, *, seeds: Iterable[int] = (0,), n_mc: int = 
     answers (``gen_length``, ``steps``) and score ROUGE-L recall. ``edit``: a callable returning a
     context manager (e.g. ``lambda: memory.installed(backbone, layer)``), entered once around all of
     the evaluation and exited afterwards, also on error.
+
+    ``eos_tail``: score each answer with the EOS after it as context (`likelihood`, the default) or
+    with nothing after it (LLaDA's protocol for base models).
 
     Columns: split, role, fact_id, seed, n_tokens, logprob, logprob_per_token, logprob_stderr, prob,
     para_nll, pert_nll (mean over k of the per-token NLLs), n_perturbed, truth_ratio, prob_norm,
@@ -386,7 +389,7 @@ def evaluate(backbone, split_facts, *, seeds: Iterable[int] = (0,), n_mc: int = 
                 idx.append((i_ans, i_para, i_pert))
             for s in seeds:
                 d = answer_logprob_details(backbone, [q for q, _ in pairs], [a for _, a in pairs], n_mc=n_mc, seed=s,
-                                           batch_size=batch_size)
+                                           batch_size=batch_size, eos_tail=eos_tail)
                 nll = (-d.per_token).numpy()
                 gen = gens.get(s, gens.get(seeds[0])) if rouge else None
                 for j, (f, (i_ans, i_para, i_pert)) in enumerate(zip(facts, idx)):
