@@ -29,7 +29,8 @@ facts 0-39): without the tail, the log-probability of a token masked alone with 
 answer visible is far off -- summed over the answer, -9.37 nats with no tail vs -2.83 with one
 EOS (-2.02 with four), the spread of the ``l = 1`` samples 18.8 vs 5.0 nats -- so the tail gives a
 tighter bound (all 400 forget10 answers: mean ELBO -5.79 vs -10.09 nats) and a 2.1x smaller i.i.d.
-standard error (``python -m timerome.bench likelihood [--no-eos-tail]``). ``eos_tail=False`` keeps LLaDA's protocol for base models scored on text continuations.
+standard error (``python -m timerome.bench likelihood [--no-eos-tail]``). ``eos_tail=False`` keeps
+LLaDA's protocol for base models scored on text continuations.
 
 Masked diffusion (``backbone.is_causal`` False): Monte-Carlo ELBO
 -----------------------------------------------------------------
@@ -400,15 +401,14 @@ def mc_variance(terms: dict, n_mc: int, *, stratified: bool = True, strata=DEFAU
         return float(g.var(unbiased=False) + s2.mean()) / n
     e = strata_edges(n, strata)
     w = e[1:] - e[:-1]
+    k = torch.arange(L + 1, dtype=torch.float64) / L  # ratios where the count changes
     if not shared_offset:  # p[j, l]: probability that stratum j's ratio t gives count l + 1
-        k = torch.arange(L + 1, dtype=torch.float64) / L
         lo, hi = torch.maximum(e[:-1, None], k[None, :-1]), torch.minimum(e[1:, None], k[None, 1:])
         p = (hi - lo).clamp_(min=0) / w[:, None]
         mean = p @ g
         var = (p * (g[None, :] - mean[:, None]) ** 2).sum(1)
         return float((w ** 2 * (var + p @ s2)).sum())
-    k = torch.arange(L + 1, dtype=torch.float64)
-    cuts = ((k[None, :] / L - e[:-1, None]) / w[:, None]).flatten()  # offsets where l_j(u) changes
+    cuts = ((k[None, :] - e[:-1, None]) / w[:, None]).flatten()  # offsets where l_j(u) changes
     cuts = torch.cat([torch.tensor([0.0, 1.0], dtype=torch.float64), cuts[(cuts > 0) & (cuts < 1)]]).unique()
     mid, width = (cuts[1:] + cuts[:-1]) / 2, cuts[1:] - cuts[:-1]
     l_idx = ((e[:-1] + mid[:, None] * w) * L).floor().long().clamp_(0, L - 1)  # [piece, stratum]
