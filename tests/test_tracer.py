@@ -59,17 +59,26 @@ def _count_rows(bb):
 
 
 # --- a naive reference: one trajectory at a time, from scratch, through sampler.generate -----------
-def _logp(logits, prompt):
+def naive_score(bb, states, prompt, forward):
+    """log p(o | x_k') for k' = 0..K by the definition: gold token j read from a fresh forward on the
+    last state x_k'' (k'' <= k') in which j was still masked; ``forward(k'', x)`` -> logits."""
     P, n = prompt.prompt_length, len(prompt.gold)
-    lp = torch.log_softmax(logits[0, P:P + n].double(), -1)
-    return float(lp[torch.arange(n), torch.tensor(prompt.gold)].sum())
+    lp = [torch.log_softmax(forward(k, x)[0, P:P + n].double(), -1) for k, x in enumerate(states[:-1])]
+    out = []
+    for kp in range(len(states)):
+        total = 0.0
+        for j in range(n):
+            last = max(k for k in range(min(kp, len(lp) - 1) + 1) if states[k][0, P + j] == bb.mask_id)
+            total += float(lp[last][j, prompt.gold[j]])
+        out.append(total)
+    return out
 
 
 def naive_run(bb, prompt, *, steps=K, noise=None, patch=None, capture=()):
     """-> (states [K+1 tensors], log p(o | x_k) for k = 0..K, {name: [K x [|S|, H]]}).
 
     Uses `sampler.generate` with hooks keyed on ``backbone.step``; ``patch = (name, k, value)``.
-    Every score is a fresh forward on the state (noise only, never the patch).
+    Scores come from fresh forwards on the states (with the noise, and with the patch in step k's).
     """
     S = list(prompt.subject)
     caps = {n: [] for n in capture}
@@ -87,6 +96,13 @@ def naive_run(bb, prompt, *, steps=K, noise=None, patch=None, capture=()):
             caps[name].append((h if new is None else new)[0, S].clone())
         return new
 
+    def forward(k, x):
+        bb.step = k
+        try:
+            return bb.logits(x)
+        finally:
+            bb.step = None
+
     names = {"embed", *capture} | ({patch[0]} if patch else set())
     mods = {n: bb.hook_point(n) for n in names}
     P = prompt.prompt_length
@@ -95,8 +111,8 @@ def naive_run(bb, prompt, *, steps=K, noise=None, patch=None, capture=()):
                        on_step=lambda k, x: states.append(x.clone()))
         states.append(out)
         assert bb.step is None
-        scores = [_logp(bb.logits(x), prompt) for x in states]
-    return states, scores, caps
+        scores = naive_score(bb, states, prompt, forward)
+    return states, scores, {n: v[:steps] for n, v in caps.items()}  # (the scoring forwards captured again)
 
 
 def naive_tie(bb, f, *, sigma, steps=K, modules=MODULES, seed=0):
@@ -181,11 +197,53 @@ def test_splicing_clean_embeddings_restores_the_clean_trajectory(bb):
     clean = T.run_trajectory(bb, p, steps=K, capture=("embed",))
     corr = T.run_trajectory(bb, p, steps=K, noise=noise)
     assert not torch.equal(corr.states[-1], clean.states[-1])  # the corrupted run diverges ...
-    # every forward, the final scoring one too (input embeddings do not depend on the step)
-    patches = {("embed", k): clean.captured["embed"][min(k, K - 1)] for k in range(K + 1)}
+    patches = {("embed", k): clean.captured["embed"][k] for k in range(K)}  # every forward
     fixed = T.run_trajectory(bb, p, steps=K, noise=noise, patches=patches)
     assert torch.equal(fixed.states, clean.states)  # ... and the clean embeddings of S restore it exactly
     np.testing.assert_array_equal(fixed.scores, clean.scores)
+
+
+def _garble_unmasked(bb):
+    """Replace bb's logits at every unmasked position by fresh random numbers on each call: outputs an
+    MDLM was never trained to produce."""
+    inner = bb.logits
+
+    def logits(ids, attention_mask=None):
+        out = inner(ids, attention_mask)
+        garbage = 100 * torch.randn(out.shape, generator=gen).to(out)
+        return torch.where((ids == bb.mask_id)[..., None].to(out.device), out, garbage)
+
+    gen = torch.Generator().manual_seed(123)
+    bb.logits = logits
+    return bb
+
+
+def test_tie_never_reads_outputs_at_unmasked_positions(bb, tiny_tokenizer):
+    """Scores come from trained outputs only: garbling every unmasked position's logits changes nothing."""
+    ref = T.trace_tie(bb, FACTS, steps=K, sigma=1.0)
+    garbled = _sharpen(make_tiny_backbone(tiny_tokenizer, layers=2, d=32))
+    garbled.model.load_state_dict(bb.model.state_dict())
+    got = T.trace_tie(_garble_unmasked(garbled), FACTS, steps=K, sigma=1.0)
+    np.testing.assert_array_equal(got.tie_by_step, ref.tie_by_step)
+    np.testing.assert_array_equal(got.logp_clean, ref.logp_clean)
+    np.testing.assert_array_equal(got.logp_corrupt, ref.logp_corrupt)
+    assert np.any(np.abs(ref.tie) > 1e-3)
+
+
+def test_clean_score_is_banked_from_the_committing_forwards(bb):
+    """log p(o | x_K) of a fully committed answer is the sum of each gold token's score in the step
+    that committed it; log p(o | x_0) reads every token from the first forward."""
+    f = FACTS[0]
+    p = T.prepare_prompt(bb, f)
+    tr = T.run_trajectory(bb, p, steps=K)
+    P, n = p.prompt_length, len(p.gold)
+    masked = tr.states[:, P:P + n] == bb.mask_id  # [K+1, n]
+    at = [int(np.nonzero(masked[:, j].numpy())[0].max()) for j in range(n)]  # the step that committed j
+    assert tr.scores[-1] == pytest.approx(sum(tr.token_logp[at[j], j] for j in range(n)), abs=1e-12)
+    assert tr.scores[0] == pytest.approx(tr.token_logp[0].sum(), abs=1e-12)
+    assert tr.banks[0] == 0 and tr.banks[-1] == tr.scores[-1]
+    with pytest.raises(ValueError, match="forwards at 0..3"):
+        T.run_trajectory(bb, p, steps=K, patches={("embed", K): torch.zeros(len(p.subject), bb.hidden_size)})
 
 
 # --- the batched, prefix-sharing tracer equals brute force ------------------------------------------
@@ -201,7 +259,7 @@ def test_batched_tracer_equals_naive_reference(bb):
     assert np.any(np.abs(r.tie) > 1e-3)  # not a vacuous comparison
     # some patch runs left the corrupted trajectory, so the continuation rows were exercised
     L, M, F = bb.n_layers, len(MODULES), len(FACTS)
-    assert r.counts["forwards"] > F * (2 * (K + 1) + M * L * K)
+    assert r.counts["forwards"] > F * (2 * K + M * L * K)
 
 
 def test_forward_counts_are_exact_and_below_naive(bb):
@@ -210,11 +268,11 @@ def test_forward_counts_are_exact_and_below_naive(bb):
     c = r.counts
     assert c["forwards"] == seen["rows"] and c["calls"] == seen["calls"]
     L, M, F = bb.n_layers, len(MODULES), len(FACTS)
-    assert c["naive_forwards"] == F * (M * L * K * (K + 1) + 2 * (K + 1))
-    assert c["prefix_shared_forwards"] == F * (M * L * sum(K - k + 1 for k in range(K)) + 2 * (K + 1))
-    assert F * (2 * (K + 1) + M * L * K) <= c["forwards"] <= c["prefix_shared_forwards"]
+    assert c["naive_forwards"] == F * (M * L * K * K + 2 * K)
+    assert c["prefix_shared_forwards"] == F * (M * L * sum(K - k for k in range(K)) + 2 * K)
+    assert F * (2 * K + M * L * K) <= c["forwards"] <= c["prefix_shared_forwards"]
     # clean and corrupted runs: one call per forward; patch runs: one call per step, not per trajectory
-    assert F * (2 * (K + 1) + K) <= c["calls"] <= F * 3 * (K + 1)
+    assert c["calls"] == F * 3 * K
     small = T.trace_tie(bb, FACTS, steps=K, sigma=1.0, batch_size=4)  # chunked model calls: same values
     np.testing.assert_allclose(small.tie_by_step, r.tie_by_step, atol=1e-5, rtol=0)
     assert small.counts["forwards"] == c["forwards"] and small.counts["calls"] > c["calls"]

@@ -12,19 +12,27 @@ subject tokens S, a gold answer o) and K denoising steps:
 * patch run (ℓ, k, m): the corrupted run with the clean output of (ℓ, m) on S spliced into the
   forward of step k only; later steps commit autonomously.
 
-x_k is the state the forward of step k sees (x_0: answer fully masked, x_K: fully committed,
-scored by one extra forward). log p(o | x) sums the gold tokens' log-softmax at the gold
-positions, committed or not, read from the forward on x (with the noise, in corrupted and patch
-runs). TIE(ℓ,k,m,k') = log p(o | x_k'^patch) - log p(o | x_k'^corr) for k' = k+1..K (Eq. 3),
+x_k is the state the forward of step k sees (x_0: answer fully masked, x_K: fully committed).
+
+Scoring from trained outputs only. An MDLM is trained to predict masked positions; its outputs at
+committed positions are never trained and carry no information about the fact. So log p(o | x_k')
+sums, over the gold positions j, log p(o_j) read from the *last forward in which j was still
+masked*: the forward on x_k' itself while j is masked there, else the forward of the step that
+committed j (under noise in corrupted and patch runs, and under the patch in the patched step).
+Each run banks the scores of the positions it commits, so x_K needs no forward of its own. An
+output at an unmasked position is never read, by the score or by the commit rule.
+TIE(ℓ,k,m,k') = log p(o | x_k'^patch) - log p(o | x_k'^corr) for k' = k+1..K (Eq. 3),
 aggregated with weights ∝ exp(-tau (k'-k)) over those k' (Eq. 4). Sampling is greedy, so eps is
 the only randomness and the corrupted run and all patch runs of a fact share it (common random
-numbers): a TIE is the effect of the patch alone.
+numbers): a TIE is the effect of the patch alone. Patching the last layer at S changes only the
+logits at S, which are never read, so its TIE is exactly zero.
 
-Speed. Naively each of the L x M x K patch runs is a trajectory of K + 1 forwards. Here the steps
+Speed. Naively each of the L x M x K patch runs is a trajectory of K forwards. Here the steps
 are swept once: the batch of step k holds the L x M patch runs starting at k, all from the
 corrupted x_k (the shared prefix is never recomputed), plus one row per distinct state that
-earlier patch runs have reached. A run's future depends only on its state, so runs in one state
-share a row and a run back on the corrupted trajectory reuses the corrupted run's numbers. The
+earlier patch runs have reached. A forward's outputs and the run's next state depend only on its
+state, so runs in one state share a row (each keeps its own bank of committed scores) and a run
+back on the corrupted trajectory reuses the corrupted run's forwards. The
 values equal a one-trajectory-at-a-time recomputation (tests/test_tracer.py keeps that reference).
 """
 from __future__ import annotations
@@ -153,12 +161,30 @@ def _forward(backbone, x, step, S, noise=None, patches=(), capture=(), batch_siz
         yield lo, hi, logits, got
 
 
-def _logp(lg, gold, lse=None) -> np.ndarray:
-    """log p(o | x) per row (float64): sum_j log_softmax(lg[:, j])[o_j], lg [B, |o|, V] the logits
-    that score the gold tokens (``lse``: their logsumexp, when already known)."""
+def _token_logp(lg, gold, lse=None) -> np.ndarray:
+    """log p(o_j | x) per row and gold position (float64, [B, |o|]); lg [B, |o|, V] the logits at
+    the gold positions (``lse``: their logsumexp, when already known)."""
     lse = lg.logsumexp(-1) if lse is None else lse
     idx = torch.tensor(gold, device=lg.device)[None, :, None].expand(len(lg), -1, 1)
-    return (lg.gather(-1, idx).squeeze(-1) - lse).double().sum(-1).cpu().numpy()
+    return (lg.gather(-1, idx).squeeze(-1) - lse).double().cpu().numpy()
+
+
+def _logp(lg, gold, lse=None) -> np.ndarray:
+    """log p(o | x) per row: the sum of `_token_logp` (every gold position read from one forward)."""
+    return _token_logp(lg, gold, lse).sum(-1)
+
+
+def _masked(state, prompt: "TracePrompt", mask_id: int) -> np.ndarray:
+    """Which gold positions (canvas P .. P+|o|-1) of a state [T] are still masked: bool [|o|]."""
+    P = prompt.prompt_length
+    return (state[P:P + len(prompt.gold)] == mask_id).numpy()
+
+
+def _score(bank: float, v, was_masked, now_masked) -> tuple[float, float]:
+    """One step of the trained-outputs score: ``v`` [n] the forward's log p(o_j) on a state whose
+    gold positions ``was_masked``; -> (log p(o | state), the bank after the commit to ``now_masked``).
+    The bank holds the scores of the positions committed so far, each from the forward that committed it."""
+    return bank + float(v[was_masked].sum()), bank + float(v[was_masked & ~now_masked].sum())
 
 
 def _commit(backbone, x, lg, lse, n: int, P: int) -> torch.Tensor:
@@ -180,13 +206,13 @@ def _commit(backbone, x, lg, lse, n: int, P: int) -> torch.Tensor:
 
 
 def _step(backbone, prompt, x, k, schedule, noise, patches=(), capture=(), batch_size=None, counts=None):
-    """The forward of step k on rows x [B, T]: (log p(o | x) [B], next states [B, T], captured)."""
+    """The forward of step k < K on rows x [B, T]: (log p(o_j | x) [B, |o|], next states [B, T], captured)."""
     lp, nxt, caps, P, n = [], [], {c: [] for c in capture}, prompt.prompt_length, len(prompt.gold)
     for lo, hi, logits, got in _forward(backbone, x, k, prompt.subject, noise, patches, capture, batch_size, counts):
         lg = logits[:, P:].float()  # the canvas; its first n positions score o
         lse = lg.logsumexp(-1)  # shared by the score and the commit confidences
-        lp.append(_logp(lg[:, :n], prompt.gold, lse[:, :n]))
-        nxt.append(_commit(backbone, x[lo:hi], lg, lse, schedule[k], P) if k < len(schedule) else x[lo:hi])
+        lp.append(_token_logp(lg[:, :n], prompt.gold, lse[:, :n]))
+        nxt.append(_commit(backbone, x[lo:hi], lg, lse, schedule[k], P))
         for c in capture:
             caps[c].append(got[c])
     return np.concatenate(lp), torch.cat(nxt), {c: torch.cat(v) for c, v in caps.items()}
@@ -198,27 +224,42 @@ def _schedule(prompt, steps) -> list[int]:
 
 class Trajectory(NamedTuple):  # one run of `run_trajectory`
     states: torch.Tensor  # [K+1, T]: x_0 .. x_K
-    scores: np.ndarray  # [K+1]: log p(o | x_k)
+    scores: np.ndarray  # [K+1]: log p(o | x_k), from trained outputs only (module docstring)
+    token_logp: np.ndarray  # [K, |o|]: log p(o_j) in the forward of step k, at every gold position
+    banks: np.ndarray  # [K+1]: the part of scores[k] banked by positions committed before step k
     captured: dict  # hook name -> [K, |S|, H], from the forwards of steps 0..K-1
 
 
 @torch.no_grad()
 def run_trajectory(backbone, prompt: TracePrompt, *, steps: int = 8, noise=None, patches=None, capture=(),
                    counts=None) -> Trajectory:
-    """One trajectory: K steps plus the scoring forward on x_K. ``noise``: [|S|, H], already scaled
-    (None: the clean run); ``patches``: {(hook name, step): value [|S|, H]} spliced on S (the hook
-    name may be "embed"); ``capture``: hook names recorded on S at steps 0..K-1."""
+    """One trajectory of K forwards. ``noise``: [|S|, H], already scaled (None: the clean run);
+    ``patches``: {(hook name, step < K): value [|S|, H]} spliced on S (the hook name may be
+    "embed"); ``capture``: hook names recorded on S at steps 0..K-1."""
     schedule, patches = _schedule(prompt, steps), patches or {}
-    x, states, scores, caps = prompt.ids[None], [prompt.ids], [], {n: [] for n in capture}
-    for k in range(steps + 1):
+    if any(s >= steps for _, s in patches):
+        raise ValueError(f"patches at steps {sorted({s for _, s in patches})}: a trajectory of {steps} steps has "
+                         f"forwards at 0..{steps - 1} only")
+    x, states, caps, mid = prompt.ids[None], [prompt.ids], {n: [] for n in capture}, backbone.mask_id
+    scores, tok, banks, bank = [], [], [0.0], 0.0
+    for k in range(steps):
         pt = [(0, name, prompt.subject, v) for (name, s), v in patches.items() if s == k]
-        lp, x, got = _step(backbone, prompt, x, k, schedule, noise, pt, capture if k < steps else (), counts=counts)
-        scores.append(lp[0])
-        if k < steps:
-            states.append(x[0])
-            for n in capture:
-                caps[n].append(got[n][0])
-    return Trajectory(torch.stack(states), np.array(scores), {n: torch.stack(v) for n, v in caps.items()})
+        lp, x, got = _step(backbone, prompt, x, k, schedule, noise, pt, capture, counts=counts)
+        score, bank = _score(bank, lp[0], _masked(states[-1], prompt, mid), _masked(x[0], prompt, mid))
+        scores.append(score)
+        banks.append(bank)
+        tok.append(lp[0])
+        states.append(x[0])
+        for n in capture:
+            caps[n].append(got[n][0])
+    _check_committed(states[-1], prompt, mid)
+    return Trajectory(torch.stack(states), np.array(scores + [bank]), np.stack(tok), np.array(banks),
+                      {n: torch.stack(v) for n, v in caps.items()})
+
+
+def _check_committed(state, prompt, mask_id):
+    if _masked(state, prompt, mask_id).any():  # the schedule commits every slot in K steps
+        raise RuntimeError("a gold position is still masked after the last step; its score would be undefined")
 
 
 @torch.no_grad()
@@ -228,32 +269,40 @@ def trace_fact(backbone, prompt: TracePrompt, noise, *, steps: int = 8, modules=
 
     ``source="corrupted"`` splices the corrupted run's own activations: an identity patch (a check:
     every TIE is 0)."""
-    K, L, P = steps, backbone.n_layers, prompt.prompt_length
+    K, L, P, mid = steps, backbone.n_layers, prompt.prompt_length, backbone.mask_id
     names = [f"{m}.{l}" for m in modules for l in range(L)]
     clean = run_trajectory(backbone, prompt, steps=K, capture=names if source == "clean" else (), counts=counts)
     corr = run_trajectory(backbone, prompt, steps=K, noise=noise, counts=counts,
                           capture=names if source == "corrupted" else ())
     spliced, schedule = (clean if source == "clean" else corr).captured, _schedule(prompt, K)
     key = lambda state: state[P:].numpy().tobytes()  # noqa: E731 (the prompt is the same in every row)
-    # known[k]: a state at step k -> (log p(o | state), the state it commits to); the corrupted run seeds it
-    known = [{key(corr.states[k]): (corr.scores[k], corr.states[min(k + 1, K)])} for k in range(K + 1)]
+    # known[k]: a state at step k -> (log p(o_j | state) [|o|], the state it commits to); the corrupted run seeds it
+    known = [{key(corr.states[k]): (corr.token_logp[k], corr.states[k + 1])} for k in range(K)]
     logp = np.full((len(names), K, K + 1), np.nan)  # log p(o | x_k'^patch) for the run patched at (name, k)
-    live = {}  # (name index, patched step) -> the run's current state
+    live = {}  # (name index, patched step) -> (the run's current state, its bank)
     for k in range(K + 1):
-        starts = range(len(names)) if k < K else ()
+        if k == K:  # every gold position is committed: the score is the bank
+            for (i, k0), (state, bank) in live.items():
+                _check_committed(state, prompt, mid)
+                logp[i, k0, K] = bank
+            break
         todo = {}  # distinct states that earlier patch runs reached and nobody has scored yet
-        for state in live.values():
+        for state, _ in live.values():
             if key(state) not in known[k]:
                 todo.setdefault(key(state), state)
-        rows = [corr.states[k]] * len(starts) + list(todo.values())
-        if rows:
-            patches = [(i, names[i], prompt.subject, spliced[names[i]][k]) for i in starts]
-            lp, nxt, _ = _step(backbone, prompt, torch.stack(rows), k, schedule, noise, patches,
-                               batch_size=batch_size, counts=counts)
-            known[k].update((kb, (lp[j], nxt[j])) for j, kb in enumerate(todo, start=len(starts)))
-        for (i, k0), state in live.items():
-            logp[i, k0, k], live[i, k0] = known[k][key(state)]
-        live.update({(i, k): nxt[i] for i in starts})
+        rows = [corr.states[k]] * len(names) + list(todo.values())
+        patches = [(i, names[i], prompt.subject, spliced[names[i]][k]) for i in range(len(names))]
+        lp, nxt, _ = _step(backbone, prompt, torch.stack(rows), k, schedule, noise, patches,
+                           batch_size=batch_size, counts=counts)
+        known[k].update((kb, (lp[j], nxt[j])) for j, kb in enumerate(todo, start=len(names)))
+        for (i, k0), (state, bank) in live.items():
+            v, after = known[k][key(state)]
+            logp[i, k0, k], bank = _score(bank, v, _masked(state, prompt, mid), _masked(after, prompt, mid))
+            live[i, k0] = (after, bank)
+        was = _masked(corr.states[k], prompt, mid)
+        for i in range(len(names)):  # runs patched at k start from the corrupted x_k and its bank
+            _, bank = _score(corr.banks[k], lp[i], was, _masked(nxt[i], prompt, mid))
+            live[i, k] = (nxt[i], bank)
     tie = (logp - corr.scores).reshape(len(modules), L, K, K + 1)
     return tie, clean, corr
 
@@ -302,7 +351,7 @@ class TIEResult(_Saved):
     subject_tokens: list  # per fact: the corrupted tokens
     tie: np.ndarray  # [F, M, L, K]: Eq. 4
     tie_by_step: np.ndarray  # [F, M, L, K, K+1]: Eq. 3 at every k' (NaN where k' <= k)
-    logp_clean: np.ndarray  # [F, K+1]: log p(o | x_k) of the clean run
+    logp_clean: np.ndarray  # [F, K+1]: log p(o | x_k) of the clean run (trained outputs only)
     logp_corrupt: np.ndarray  # [F, K+1]: ... of the corrupted run
     settings: dict  # every argument, and the sigma used
     counts: dict  # forwards done, model calls, and the naive counts
@@ -461,8 +510,8 @@ def trace_tie(backbone, facts, *, steps: int = 8, sigma: float | None = None, ta
         noise = (sig * draw_noise(backbone, f, p, seed)).to(backbone.device)
         out.append(trace_fact(backbone, p, noise, steps=K, modules=modules, batch_size=batch_size, counts=counts))
     tie_by_step, clean, corr = (np.stack(v) for v in zip(*[(t, c.scores, x.scores) for t, c, x in out]))
-    counts.update(naive_forwards=len(facts) * (M * L * K * (K + 1) + 2 * (K + 1)),  # every run from scratch
-                  prefix_shared_forwards=len(facts) * (M * L * (K + 1) * (K + 2) // 2 - M * L + 2 * (K + 1)))
+    counts.update(naive_forwards=len(facts) * (M * L * K * K + 2 * K),  # every run from scratch
+                  prefix_shared_forwards=len(facts) * (M * L * K * (K + 1) // 2 + 2 * K))
     subject_tokens = [backbone.tokenizer.convert_ids_to_tokens([int(p.ids[i]) for i in p.subject]) for p in prompts]
     res = TIEResult(modules, L, K, [f.fact_id for f in facts], subject_tokens, aggregate(tie_by_step, tau),
                     tie_by_step, clean, corr, {**settings, "sigma": sig, "sigma_arg": sigma, "backbone": backbone.name},
