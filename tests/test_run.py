@@ -376,3 +376,22 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]  # no temp file left behind
     report.atomic_write(path, lambda tmp: open(tmp, "w").write("new"))
     assert path.read_text() == "new"
+
+
+def test_the_main_job_rebuilds_the_claims_ledger(repo):
+    """After runs that all succeeded, the ledger is rebuilt from the tables they wrote."""
+    body = ("import json, pathlib\npathlib.Path(tables_dir).mkdir(parents=True, exist_ok=True)\n"
+            "pathlib.Path(tables_dir, 'result.csv').write_text(f'name,value\\nx,{alpha}\\n')",)
+    _notebook(repo / "notebooks" / "01_toy.ipynb", "alpha = 1.0\nfigures_dir = '../figures'\ntables_dir = '../tables'", body)
+    (repo / "notebooks" / "02_other.ipynb").unlink()
+    (repo / "params" / "tiny" / "01_toy.yaml").write_text("alpha: 3.0\n")
+    (repo / "params" / "claims.yaml").write_text(
+        "- id: toy\n  claim: the value is positive\n  paper: 2.0\n  notebook: 01_toy\n"
+        "  measure: {csv: result.csv, operands: {v: {where: {name: x}, column: value}}}\n"
+        "  direction: {'>': 0}\n")
+    run.main([], repo=repo)
+    ledger = (repo / "tables" / "claims.csv").read_text()
+    assert "toy" in ledger and "holds" in ledger and "3" in ledger
+    (repo / "tables" / "claims.csv").unlink()
+    run.main(["--force", "--no-claims"], repo=repo)
+    assert not (repo / "tables" / "claims.csv").exists()

@@ -1,6 +1,6 @@
 """The main job: execute notebooks with papermill under one parameter profile, and sweeps.
 
-    python -m timerome.run                       # all notebooks, profile "tiny"
+    python -m timerome.run                       # all notebooks, profile "tiny", then the claims ledger
     python -m timerome.run 01_tie_heatmaps       # a selection (names, prefixes or globs)
     python -m timerome.run --profile paper       # real backbones, GPU
     python -m timerome.run 02 --jobs 4           # a sweep's runs on 4 local workers
@@ -26,7 +26,9 @@ a plain file, the run folder for a grid run). A run whose manifest says ``ok`` u
 is skipped; the key hashes the notebook's code, the run's params, the library source under
 ``lib/``, the model weights its params name, and the tables of earlier notebooks it reads. So an
 interrupted sweep resumes where it stopped (``--force`` re-runs anyway). A failed run is
-reported with its log and the others go on; the exit status is non-zero if any failed.
+reported with its log and the others go on; the exit status is non-zero if any failed. After
+runs that all succeeded, the claims ledger (``params/claims.yaml`` -> ``claims.{md,csv}`` in the
+profile's tables folder) is rebuilt from the tables they wrote (``--no-claims`` skips it).
 """
 from __future__ import annotations
 
@@ -509,6 +511,7 @@ def main(argv=None, repo: Path = REPO):
     ap.add_argument("--cpus", type=int, default=4, help="CPUs per run (Slurm)")
     ap.add_argument("--timeout-min", type=int, default=240, help="time limit per run in minutes (Slurm)")
     ap.add_argument("--log-output", action="store_true", help="print each run's cell output when it ends")
+    ap.add_argument("--no-claims", action="store_true", help="do not rebuild the claims ledger after the runs")
     args = ap.parse_args(argv)
 
     if not (repo / "params" / args.profile).is_dir():
@@ -566,6 +569,11 @@ def main(argv=None, repo: Path = REPO):
         raise SystemExit(f"{summary}; {len(failed)} failed:\n  " + "\n  ".join(failed))
     dirs = output_dirs(args.profile, repo)
     print(f"{summary}; figures in {dirs['figures']}, tables in {dirs['tables']} (sweeps: runs/{args.profile}/)")
+    spec = repo / "params" / "claims.yaml"
+    if spec.is_file() and not args.no_claims:  # the ledger reads the tables just written: rebuild it with them
+        from timerome import claims
+
+        claims.main(["--profile", args.profile, "--spec", str(spec), "--tables-dir", str(dirs["tables"])])
 
 
 if __name__ == "__main__":
