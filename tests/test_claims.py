@@ -1,5 +1,6 @@
 """The claims ledger on fixture tables: the paper's own numbers must make the shipped spec hold,
-contradicting numbers must not, and missing tables/rows/columns read "not measured yet"."""
+contradicting numbers must not, and missing tables/rows/columns read "not measured yet"; raw nats
+defer to their scale-free twin off the paper's backbone, and a saturated column is not informative."""
 import json
 import math
 
@@ -14,24 +15,19 @@ NAN = math.nan
 
 def paper_tables(d):
     """The paper's numbers, in the column layout the notebooks export (params/claims.yaml)."""
-    pd.DataFrame([  # Table I
-        dict(method="no_edit", alpha=NAN, q=NAN, forget_lp=-35.70, retain_lp=-34.76, ks_p=0.514, d_forget_lp=NAN,
-             p_forget_lp=NAN),
-        dict(method="random_layer", alpha=2, q=4, forget_lp=-35.55, retain_lp=-34.71, ks_p=0.513, d_forget_lp=0.15,
-             p_forget_lp=0.6),
-        dict(method="AlphaEdit", alpha=NAN, q=NAN, forget_lp=-47.62, retain_lp=-39.83, ks_p=0.551, d_forget_lp=-11.9,
-             p_forget_lp=NAN),
-        dict(method="MEMIT", alpha=NAN, q=NAN, forget_lp=-39.05, retain_lp=-35.40, ks_p=0.498, d_forget_lp=-3.3,
-             p_forget_lp=NAN),
-        dict(method="timerome", alpha=0.25, q=2, forget_lp=-36.12, retain_lp=-35.09, ks_p=0.534, d_forget_lp=-0.42,
-             p_forget_lp=0.5),
-        dict(method="timerome", alpha=0.5, q=2, forget_lp=-37.55, retain_lp=-36.33, ks_p=0.578, d_forget_lp=-1.85,
-             p_forget_lp=0.1),
-        dict(method="timerome", alpha=1.0, q=2, forget_lp=-42.04, retain_lp=-40.27, ks_p=0.562, d_forget_lp=-6.34,
-             p_forget_lp=0.01),
-        dict(method="timerome", alpha=2.0, q=4, forget_lp=-118.94, retain_lp=-89.08, ks_p=0.153, d_forget_lp=-83.24,
-             p_forget_lp=3e-5),
-    ]).to_csv(d / "table1_canonical_tofu.csv", index=False)
+    t1 = pd.DataFrame([  # Table I
+        dict(method="no_edit", alpha=NAN, q=NAN, forget_lp=-35.70, retain_lp=-34.76, ks_p=0.514, p_forget_lp=NAN),
+        dict(method="random_layer", alpha=2, q=4, forget_lp=-35.55, retain_lp=-34.71, ks_p=0.513, p_forget_lp=0.6),
+        dict(method="AlphaEdit", alpha=NAN, q=NAN, forget_lp=-47.62, retain_lp=-39.83, ks_p=0.551, p_forget_lp=NAN),
+        dict(method="MEMIT", alpha=NAN, q=NAN, forget_lp=-39.05, retain_lp=-35.40, ks_p=0.498, p_forget_lp=NAN),
+        dict(method="timerome", alpha=0.25, q=2, forget_lp=-36.12, retain_lp=-35.09, ks_p=0.534, p_forget_lp=0.5),
+        dict(method="timerome", alpha=0.5, q=2, forget_lp=-37.55, retain_lp=-36.33, ks_p=0.578, p_forget_lp=0.1),
+        dict(method="timerome", alpha=1.0, q=2, forget_lp=-42.04, retain_lp=-40.27, ks_p=0.562, p_forget_lp=0.01),
+        dict(method="timerome", alpha=2.0, q=4, forget_lp=-118.94, retain_lp=-89.08, ks_p=0.153, p_forget_lp=3e-5),
+    ])
+    t1["d_forget_lp"] = [NAN, 0.15, -11.9, -3.3, -0.42, -1.85, -6.34, -83.24]  # as the paper's text gives them
+    t1["d_retain_lp"] = (t1.retain_lp - t1.retain_lp[0]).round(2)  # -54.32 at α=2, q=4
+    t1.to_csv(d / "table1_canonical_tofu.csv", index=False)
     pd.DataFrame({  # Table III (install time = capture + solve)
         "n_facts": [1, 10, 40, 100, 200, 400],
         "flp_a05": [-6.26, -25.58, -41.71, -36.43, -43.55, -43.55],
@@ -42,13 +38,13 @@ def paper_tables(d):
                   "capture_s": [5.4, 20.0, 22.13, 28.0, 35.0, 50.0], "solve_s": [1.0, 3.7, 3.87, 4.6, 5.0, 6.1]},
                  ).to_csv(d / "table3_install_times.csv", index=False)
     k = [1, 5, 10, 20, 30, 40, 50]
-    pd.DataFrame({  # Table V
-        "alpha": [1.0] * 7 + [0.5] * 7, "n_inserted": k * 2,
-        "forget_lp": [-10.13, -7.78, -33.83, -43.63, -43.80, -45.45, -45.45,
+    pd.DataFrame({  # Table V; its caption's baseline (no_edit) is the row before the first insert
+        "method": ["no_edit"] + ["TimeROME"] * 14, "alpha": [NAN] + [1.0] * 7 + [0.5] * 7, "n_inserted": [0] + k * 2,
+        "forget_lp": [-38.5, -10.13, -7.78, -33.83, -43.63, -43.80, -45.45, -45.45,
                       -8.17, -5.50, -28.67, -37.77, -38.36, -40.69, -40.69],
-        "retain_lp": [-39.29, -42.88, -43.67, -41.52, -41.07, -41.06, -41.06,
+        "retain_lp": [-35.1, -39.29, -42.88, -43.67, -41.52, -41.07, -41.06, -41.06,
                       -35.87, -36.29, -36.34, -36.60, -36.25, -36.63, -36.63],
-        "real_auth": [-14.52, -15.77, -16.65, -16.37, -16.44, -15.97, -15.97,
+        "real_auth": [-12.6, -14.52, -15.77, -16.65, -16.37, -16.44, -15.97, -15.97,
                       -12.29, -12.11, -12.38, -13.34, -13.67, -13.64, -13.64]},
     ).to_csv(d / "table5_streaming.csv", index=False)
     rows = [dict(module=m, layer=layer, step=step,
@@ -79,7 +75,7 @@ def test_nothing_measured_is_never_an_error(tmp_path):
 
 def test_the_papers_own_numbers_hold(tmp_path):
     paper_tables(tmp_path)
-    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path).set_index("id")
+    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path, paper_backbone=True).set_index("id")
     measured_here = [i for i in df.index if df.loc[i, "tables"] in
                      ("table1_canonical_tofu.csv", "table3_scalability.csv", "table3_install_times.csv", "table5_streaming.csv",
                       "tie_layer_ranking.csv")]
@@ -93,6 +89,10 @@ def test_the_papers_own_numbers_hold(tmp_path):
     assert df.loc["tie_band_layer", "measured"] == pytest.approx(19 / 31)
     assert df.loc["tie_band_step", "measured"] == pytest.approx(1 / 8)
     assert df.loc["tie_resid_dominates", "measured"] == pytest.approx(3.0)
+    assert df.loc["t1_dflp_relative", "measured"] == pytest.approx(-83.24 / 35.70)
+    assert df.loc["t1_selectivity", "measured"] == pytest.approx(83.24 / 54.32)
+    assert df.loc["t1_tie_beats_random", "measured"] == pytest.approx(83.24 / 54.32)  # random_layer forgets nothing
+    assert df.loc["t5_realauth_flat_relative", "measured"] == pytest.approx((13.67 - 12.11) / 12.6)
     assert df.loc["t2_every_backbone", "verdict"] == claims.NOT_MEASURED
 
 
@@ -104,19 +104,20 @@ def test_contradicting_numbers_do_not_hold(tmp_path):
     t5 = pd.read_csv(tmp_path / "table5_streaming.csv")
     t5.loc[t5.alpha.eq(0.5) & t5.n_inserted.eq(50), "retain_lp"] = -40.0
     t5.to_csv(tmp_path / "table5_streaming.csv", index=False)
-    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path).set_index("id")
+    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path, paper_backbone=True).set_index("id")
     row = df.loc["t1_dflp"]  # right sign, a quarter of the size: direction yes, magnitude no
     assert (row.verdict, row.direction_ok, row.magnitude_ok) == (claims.FAILS, "yes", "no")
     assert (df.loc["t1_dflp_p", "direction_ok"], df.loc["t1_dflp_p", "magnitude_ok"]) == ("no", "no")
     assert df.loc["t5_retain_flat", "verdict"] == claims.FAILS
     assert df.loc["t5_retain_flat", "measured"] == pytest.approx(40.0 - 35.87)
+    assert df.loc[["t1_dflp_relative", "t5_retain_flat_relative"], "verdict"].eq(claims.FAILS).all()
 
 
 def test_missing_row_or_column_is_not_measured_yet(tmp_path):
     paper_tables(tmp_path)
     t1 = pd.read_csv(tmp_path / "table1_canonical_tofu.csv")
     t1[t1.method != "MEMIT"].drop(columns="ks_p").to_csv(tmp_path / "table1_canonical_tofu.csv", index=False)
-    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path).set_index("id")
+    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path, paper_backbone=True).set_index("id")
     assert df.loc["t1_vs_memit", "verdict"] == claims.NOT_MEASURED
     assert "no row of table1_canonical_tofu.csv where method=memit" in df.loc["t1_vs_memit", "note"]
     assert df.loc["t1_ks_p", "verdict"] == claims.NOT_MEASURED
@@ -152,11 +153,32 @@ def _entry(**kw):
     (_entry(measure={"csv": "t.csv", "operands": {"a": {"column": "y", "where": {"x": {"=>": 1}}}}}),
      "unknown operator"),
     (_entry(paper=None, magnitude={"within": 1}), "need the paper's value"),
+    (_entry(unit="nats"), "depends on the backbone.*scale_free_twin"),
+    (_entry(unit="nats", scale_free_twin="nowhere"), "scale_free_twin 'nowhere' is not another entry's id"),
+    (_entry(unit="nats", scale_free_twin="c"), "scale_free_twin 'c' is not another entry's id"),
+    (_entry(saturated={"csv": "t.csv", "operands": {"b": {"column": "y"}}, "when": {">": 0}}), "needs 'when'.*'why'"),
+    (_entry(saturated={"csv": "t.csv", "operands": {"b": {"column": "y"}}, "why": "at the ceiling"}), "needs 'when'"),
+    (_entry(saturated={"csv": "t.csv", "operands": {"b": {"column": "y"}}, "when": {">": -0.05},
+                       "why": "LP is -0.01 here"}), "'why' has a number"),
+    (_entry(saturated={"csv": "t.csv", "operands": {"b": {"column": "y"}}, "when": {"above": 0}, "why": "x"}),
+     r"saturated when: unknown rule\(s\) \['above'\]"),
+    (_entry(saturated={"csv": "t.csv", "operands": {"b": {"column": "y", "agg": "top"}}, "when": {">": 0},
+                       "why": "x"}), "saturated: operand 'b': unknown agg"),
+    (_entry(saturated={"operands": {"b": {"column": "y"}}, "when": {">": 0}, "why": "x", "reason": "x"}),
+     "saturated: a mapping of"),
 ])
 def test_spec_mistakes_are_errors_naming_the_entry(tmp_path, entry, match):
     with pytest.raises(ValueError, match=match) as e:
         claims.load_spec(_spec(tmp_path, [entry]))
     assert "claim #1" in str(e.value)
+
+
+def test_a_scale_free_twin_must_be_scale_free(tmp_path):
+    raw = _entry(id="raw", unit="nats", scale_free_twin="twin")
+    with pytest.raises(ValueError, match=r"claim #1 \(raw\): scale_free_twin 'twin' is itself in raw units"):
+        claims.load_spec(_spec(tmp_path, [raw, _entry(id="twin", unit="nats (max - min)")]))
+    assert [e["id"] for e in claims.load_spec(_spec(tmp_path, [raw, _entry(id="twin", unit="× |no_edit|")]))] == \
+        ["raw", "twin"]
 
 
 def test_duplicate_ids_are_rejected(tmp_path):
@@ -209,7 +231,7 @@ def test_ledger_files_are_byte_identical_and_name_the_cell(tmp_path):
                 nbformat.v4.new_code_cell('report.save_table(t, "table1_canonical_tofu", tables_dir, caption="", label="")')]
     nbformat.write(nb, tmp_path / "02_canonical_tofu.ipynb")
     df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path)
-    assert df.set_index("id").loc["t1_dflp", "notebook_cell"] == "02_canonical_tofu.ipynb, cell 3"
+    assert df.set_index("id").loc["t1_dflp", "notebook_cell"] == "02_canonical_tofu.ipynb § Table I"
     csv, md = claims.write_ledger(df, tmp_path, "Claims")
     first = csv.read_bytes(), md.read_bytes()
     claims.write_ledger(claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path), tmp_path, "Claims")
@@ -239,8 +261,138 @@ def test_the_notebooks_naming_style_is_understood(tmp_path):
          "p_ForgetLP": 1e-5},
     ]).to_csv(tmp_path / "table1_canonical_tofu.csv", index=False)
     df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path).set_index("id")
-    assert df.loc["t1_dflp", "measured"] == -60.0 and df.loc["t1_dflp", "verdict"] == claims.HOLDS
+    assert df.loc["t1_dflp", "measured"] == -60.0 and df.loc["t1_dflp", "verdict"] == claims.RAW
     assert df.loc["t1_dflp_relative", "measured"] == pytest.approx(-2.0)
+    assert df.loc["t1_dflp_relative", "verdict"] == claims.HOLDS
     assert df.loc["t1_ks_p", "measured"] == pytest.approx(0.4)
     assert df.loc["t1_random_layer", "measured"] == pytest.approx(-1.0)
     assert df.loc["t1_vs_memit", "verdict"] == claims.NOT_MEASURED
+
+
+# --- comparability, saturation, selectivity, cell names ------------------------------------------
+
+def test_every_nats_claim_has_a_scale_free_twin_derived_from_the_papers_numbers(spec_entries):
+    """A twin's paper_text reads "value = arithmetic on the paper's numbers": value is the arithmetic, rounded."""
+    twins = {e["scale_free_twin"] for e in spec_entries.values() if "scale_free_twin" in e}
+    assert {i for i, e in spec_entries.items() if "nats" in str(e.get("unit", ""))} == \
+        {i for i, e in spec_entries.items() if "scale_free_twin" in e}
+    assert {"t1_dflp_relative", "t1_random_layer_relative", "t5_realauth_flat_relative"} <= twins
+    for tid in twins | {"t1_selectivity", "t1_tie_beats_random"}:
+        e = spec_entries[tid]
+        value, expr = e["paper_text"].split(";")[0].split(" = ")
+        decimals = len(value.partition(".")[2])
+        assert float(value) == e["paper"], tid
+        assert abs(claims._safe_eval(expr, {}) - e["paper"]) <= 0.5 * 10 ** -decimals, tid
+
+
+def test_raw_nats_defer_to_their_scale_free_twin_off_the_papers_backbone(tmp_path):
+    paper_tables(tmp_path)
+    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path).set_index("id")
+    raw = df.loc["t1_dflp"]
+    assert (raw.verdict, raw.direction_ok, raw.magnitude_ok, raw.scale_free_twin) == \
+        (claims.RAW, "yes", "yes", "t1_dflp_relative")  # the rules are still read, they decide nothing
+    assert raw.note.startswith("in raw nats, which do not compare") and "t1_dflp_relative (holds)" in raw.note
+    assert df.loc["t1_dflp_relative", "verdict"] == claims.HOLDS
+    assert "scale-free reading of t1_dflp" in df.loc["t1_dflp_relative", "note"]
+    assert df.loc[df.scale_free_twin.ne("") & df.measured.notna(), "verdict"].eq(claims.RAW).all()
+    on_paper = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path, paper_backbone=True).set_index("id")
+    assert on_paper.loc["t1_dflp", "verdict"] == claims.HOLDS and on_paper.loc["t1_dflp", "note"] == ""
+
+
+def _tiny_streaming(d, real_auth_no_edit):
+    pd.DataFrame({"method": ["no_edit", "TimeROME", "TimeROME"], "alpha": [NAN, 0.5, 0.5], "n_inserted": [0, 1, 50],
+                  "retain_lp": [-4.77, -4.93, -5.30], "forget_lp": [-2.17, -2.23, -2.80],
+                  "real_auth": [real_auth_no_edit, real_auth_no_edit - 0.001, real_auth_no_edit - 0.002]},
+                 ).to_csv(d / "table5_streaming.csv", index=False)
+
+
+def test_a_saturated_column_is_not_informative_with_a_reason_from_the_measured_baseline(tmp_path):
+    _tiny_streaming(tmp_path, -0.0127)
+    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path).set_index("id")
+    for cid in ("t5_realauth_flat", "t5_realauth_flat_relative"):
+        row = df.loc[cid]
+        assert (row.verdict, row.magnitude_ok) == (claims.SATURATED, "yes"), cid  # flat, but at the ceiling
+        assert row.note.startswith("real_auth of table5_streaming.csv where method=no_edit is −0.0127 (> −0.05: "
+                                   "saturated on this backbone): "), row.note
+    _tiny_streaming(tmp_path, -0.0321)  # another measured value, another reason
+    assert "is −0.0321 (" in claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path).set_index("id").loc[
+        "t5_realauth_flat", "note"]
+    _tiny_streaming(tmp_path, -12.6)  # off the ceiling: the rules decide
+    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path).set_index("id")
+    assert df.loc["t5_realauth_flat_relative", "verdict"] == claims.HOLDS
+    assert "saturated" not in df.loc["t5_realauth_flat_relative", "note"]
+    assert df.loc["t5_realauth_flat", "verdict"] == claims.RAW
+
+
+def test_a_saturation_check_that_cannot_be_measured_is_not_measured_yet(tmp_path):
+    entry = _entry(saturated={"operands": {"b": {"where": {"g": "no_edit"}, "column": "y"}}, "when": {">": 0.99},
+                              "why": "the probability sits at its ceiling"})
+    pd.DataFrame({"g": ["x"], "y": [0.5]}).to_csv(tmp_path / "t.csv", index=False)
+    row = claims.ledger(_spec(tmp_path, [entry]), tmp_path, tmp_path).iloc[0]
+    assert row.verdict == claims.NOT_MEASURED
+    assert row.note.startswith("saturation check: no row of t.csv where g=no_edit")
+    pd.DataFrame({"g": ["x", "no_edit"], "y": [0.5, 0.995]}).to_csv(tmp_path / "t.csv", index=False)
+    row = claims.ledger(_spec(tmp_path, [entry]), tmp_path, tmp_path).iloc[0]
+    assert row.verdict == claims.SATURATED
+    assert row.note == ("y of t.csv where g=no_edit is 0.995 (> 0.99: saturated on this backbone): "
+                        "the probability sits at its ceiling")
+
+
+def _random_vs_tie(d, tie, rnd):
+    """Table I's no_edit, TimeROME (α=2, q=4) and random_layer rows from (Δ ForgetLP, Δ RetainLP) pairs."""
+    pd.DataFrame([{"method": "no_edit", "alpha": NAN, "q": NAN, "d_ForgetLP": 0.0, "d_RetainLP": 0.0},
+                  {"method": "TimeROME (α=2, q=4)", "alpha": 2.0, "q": 4, "d_ForgetLP": tie[0], "d_RetainLP": tie[1]},
+                  {"method": "random_layer", "alpha": 2.0, "q": 4, "d_ForgetLP": rnd[0], "d_RetainLP": rnd[1]}],
+                 ).to_csv(d / "table1_canonical_tofu.csv", index=False)
+    return claims.ledger(tables_dir=d, notebooks_dir=d).set_index("id")
+
+
+@pytest.mark.parametrize("tie, rnd, margin, verdict", [
+    ((-83.24, -54.32), (0.15, 0.05), 83.24 / 54.32, claims.HOLDS),  # the paper's Table I: random forgets nothing
+    ((-83.24, -54.32), (-30.0, -40.0), 83.24 / 54.32 - 0.75, claims.HOLDS),  # §IV-E: random over-forgets
+    ((-83.24, -54.32), (-50.0, -40.0), 83.24 / 54.32 - 1.25, claims.FAILS),  # ahead, by less than 0.5
+    ((-58.13, -66.04), (-19.47, -11.25), 58.13 / 66.04 - 19.47 / 11.25, claims.FAILS),  # random is more selective
+])
+def test_tie_beats_random_compares_selectivities(tmp_path, tie, rnd, margin, verdict):
+    df = _random_vs_tie(tmp_path, tie, rnd)
+    assert df.loc["t1_tie_beats_random", "measured"] == pytest.approx(margin)
+    assert df.loc["t1_tie_beats_random", "verdict"] == verdict
+    assert df.loc["t1_selectivity", "measured"] == pytest.approx(tie[0] / tie[1])
+
+
+def _notebook(path, cells):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(c[3:]) if c.startswith("md:") else nbformat.v4.new_code_cell(c)
+                for c in cells]
+    nbformat.write(nb, path)
+
+
+def test_the_cell_is_named_by_the_heading_above_the_cell_that_writes_the_table(tmp_path):
+    writes = 'report.save_table(\n    table,\n    "table1_canonical_tofu", tables_dir)'  # a call over lines
+    _notebook(tmp_path / "02_canonical_tofu.ipynb", [
+        "md:# 02 · Table I", 'coordinate_file = "../tables/tie_coordinate.json"',
+        "md:## Tuning\ntext\n### Validation sweep", 't = pd.read_csv("table1_canonical_tofu.csv")  # reads only',
+        "md:## Table I: canonical TOFU\nThe rows below.", "x = 1", writes])
+    cell = lambda table, planned="02_canonical_tofu": claims.notebook_cell(tmp_path, table, planned)
+    assert cell("table1_canonical_tofu.csv") == "02_canonical_tofu.ipynb § Table I: canonical TOFU"
+    assert cell("tie_coordinate.json", "01_tie_heatmaps") == "01_tie_heatmaps.ipynb (not written yet)"  # only read
+    (tmp_path / "02_canonical_tofu.ipynb").rename(tmp_path / "03_renumbered.ipynb")
+    assert cell("table1_canonical_tofu.csv") == "03_renumbered.ipynb § Table I: canonical TOFU"  # found by its writes
+    _notebook(tmp_path / "03_renumbered.ipynb", ["import x", "%matplotlib inline\n" + writes.replace("\n", " ")])
+    assert cell("table1_canonical_tofu.csv") == "03_renumbered.ipynb, code cell 2 (counting code cells only, from 1)"
+    _notebook(tmp_path / "02_canonical_tofu.ipynb", ["md:# Nothing exported yet", "x = 1"])
+    assert cell("fig4_pareto.csv") == "02_canonical_tofu.ipynb"
+
+
+def test_the_summary_counts_every_verdict_and_out_dir_keeps_the_tables_dir(tmp_path, capsys):
+    paper_tables(tmp_path)
+    _tiny_streaming(tmp_path, -0.0127)
+    out = tmp_path / "scratch"
+    claims.main(["--tables-dir", str(tmp_path), "--out-dir", str(out)])
+    assert not (tmp_path / "claims.md").exists() and (out / "claims.csv").exists()
+    df = pd.read_csv(out / "claims.csv", keep_default_na=False)
+    counts = df.verdict.value_counts()
+    summary = ", ".join(f"{counts.get(v, 0)} {v}" for v in claims.VERDICTS)
+    assert all(counts.get(v, 0) > 0 for v in claims.VERDICTS), counts
+    assert f"{len(df)} claims: {summary}." in (out / "claims.md").read_text()
+    assert capsys.readouterr().out.startswith(summary)

@@ -2,6 +2,7 @@
 
     python -m timerome.claims                    # tables/claims.{md,csv} from params/claims.yaml
     python -m timerome.claims --profile paper    # from runs/paper/tables/, written there
+    python -m timerome.claims --out-dir /tmp/x   # read tables/, write the ledger to /tmp/x
 
 Each entry of ``params/claims.yaml`` names the paper's value, the table (CSV or JSON in the
 profile's tables folder) a notebook exports, how to compute the measured value from it, and
@@ -30,15 +31,35 @@ correlation of ``by`` with ``column``). A rule is a mapping whose entries must a
 (``|measured − paper| <= tol``) or ``within_factor: f`` (same sign, ``|measured|/|paper|`` in
 ``[1/f, f]``).
 
-Verdict: ``holds`` when every rule given holds, ``does not hold`` otherwise, ``not measured
-yet`` when the table, a column or a matching row is missing (the reason is in the ``note``;
-that is never an error). A broken spec entry (unknown key, operator or aggregation) is an error
-naming the entry.
+Two keys say when a measured value cannot decide the claim on this backbone::
+
+    scale_free_twin: t1_dflp_relative    # this entry is in raw units; that entry is its scale-free reading
+    saturated:                           # a baseline, measured like ``measure`` (its csv unless given),
+      operands: {base: {where: {method: no_edit}, column: real_auth}}
+      when: {">": -0.05}                 # the rule that detects saturation
+      why: the split is in the backbone's training data, so a flat value cannot show the edit spares it
+
+Raw nats of the paper's 8B model do not compare with another backbone's, so an entry in nats must
+name a twin entry (in no raw unit) that reads the claim scale-free, e.g. relative to no_edit.
+``why`` is words only: the numbers in the generated reason come from the table.
+
+Verdict, first that applies: ``not measured yet`` when a table, column or row is missing (the
+reason is in the ``note``; never an error); ``not informative here`` when the ``saturated``
+baseline passes ``when`` (the note names its measured value); ``not comparable here`` for an
+entry with a ``scale_free_twin`` (the note gives the twin's verdict) unless the tables come from
+the paper's backbone (``--paper-backbone``, the default for ``--profile paper``); else ``holds``
+when every rule given holds, ``does not hold`` otherwise. A broken spec entry (unknown key,
+operator, aggregation or twin) is an error naming the entry.
+
+The *notebook cell* column names the notebook (any file in the notebooks folder) whose code cell
+writes the table and the heading of the section that cell sits in, so renumbering notebooks or
+cells changes no spec entry; ``notebook`` names the planned notebook until one writes the table.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import math
 import operator
@@ -55,13 +76,18 @@ from timerome.report import atomic_write
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "params" / "claims.yaml"
 HOLDS, FAILS, NOT_MEASURED = "holds", "does not hold", "not measured yet"
+SATURATED, RAW = "not informative here", "not comparable here"
+VERDICTS = (HOLDS, FAILS, SATURATED, RAW, NOT_MEASURED)
+RAW_UNIT = re.compile(r"\bnats\b")  # units whose size depends on the backbone
 AGGS = ("one", "max", "min", "mean", "median", "sum", "count", "range", "first", "last", "argmax", "argmin",
         "spearman")
 COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "!=": operator.ne}
 RULES = set(COMPARE) | {"between", "within", "within_factor"}
 ENTRY_KEYS = {"id", "claim", "source", "paper", "paper_text", "unit", "notebook", "measure", "direction",
-              "magnitude", "note"}
+              "magnitude", "note", "scale_free_twin", "saturated"}
 OPERAND_KEYS = {"csv", "where", "column", "agg", "by"}
+MEASURE_KEYS = {"csv", "operands", "value"}
+WRITERS = {"save_table", "atomic_write", "to_csv", "to_json", "write_text", "dump"}
 
 
 class NotMeasured(Exception):
@@ -96,7 +122,43 @@ def load_spec(path=SPEC) -> list[dict]:
         for kind in ("direction", "magnitude"):
             _check_rule(e.get(kind), e["paper"], f"{where} {kind}")
         _check_measure(e["measure"], where)
+        if "saturated" in e:
+            _check_saturated(e, f"{where} saturated")
+    by_id = {e["id"]: e for e in entries}
+    for i, e in enumerate(entries):
+        _check_twin(e, by_id, f"{path}: claim #{i + 1} ({e['id']})")
     return entries
+
+
+def _check_twin(e, by_id, where):
+    twin = e.get("scale_free_twin")
+    if twin is None:
+        if RAW_UNIT.search(str(e.get("unit", ""))):
+            raise ValueError(f"{where}: unit {e['unit']!r} depends on the backbone: add the claim's scale-free "
+                             f"reading as another entry and name it in scale_free_twin")
+        return
+    if twin not in by_id or twin == e["id"]:
+        raise ValueError(f"{where}: scale_free_twin {twin!r} is not another entry's id")
+    if "scale_free_twin" in by_id[twin] or RAW_UNIT.search(str(by_id[twin].get("unit", ""))):
+        raise ValueError(f"{where}: scale_free_twin {twin!r} is itself in raw units")
+
+
+def _saturation_measure(e) -> dict:
+    """The ``saturated`` baseline as a measure; its csv defaults to the entry's measure's."""
+    m = {k: e["saturated"][k] for k in MEASURE_KEYS & set(e["saturated"])}
+    return {"csv": e["measure"].get("csv"), **m} if "csv" not in m and e["measure"].get("csv") else m
+
+
+def _check_saturated(e, where):
+    s = e["saturated"]
+    if not isinstance(s, dict) or set(s) - MEASURE_KEYS - {"when", "why"}:
+        raise ValueError(f"{where}: a mapping of {sorted(MEASURE_KEYS)}, 'when' and 'why', got {s!r}")
+    if "when" not in s or not isinstance(s.get("why"), str) or not s["why"].strip():
+        raise ValueError(f"{where}: needs 'when' (the rule that detects saturation) and 'why' (words)")
+    if re.search(r"\d", s["why"]):
+        raise ValueError(f"{where}: 'why' has a number ({s['why']!r}); the reason's numbers come from the table")
+    _check_rule(s["when"], None, f"{where} when")
+    _check_measure(_saturation_measure(e), where)
 
 
 def _check_rule(rule, paper, where):
@@ -272,10 +334,32 @@ def judge(value: float, rule: dict, paper) -> bool:
 
 
 def measure(entry: dict, tables_dir: Path) -> float:
-    m = entry["measure"]
+    return _evaluate(entry["measure"], tables_dir, entry["id"])
+
+
+def saturation(entry: dict, tables_dir: Path) -> str | None:
+    """Why the entry's column is saturated here (from the measured baseline), or None if it is not."""
+    s = entry.get("saturated")
+    if not s:
+        return None
+    m = _saturation_measure(entry)
+    try:
+        base = _evaluate(m, tables_dir, entry["id"])
+    except NotMeasured as why:
+        raise NotMeasured(f"saturation check: {why}") from None
+    if not judge(base, s["when"], None):
+        return None
+    what = describe_measure(m)
+    if len(m["operands"]) == 1 and "value" not in m:  # "base = x of t.csv ..." reads as "x of t.csv ..."
+        what = what.split(" = ", 1)[1]
+    rule = ", ".join(f"{op} {_num(x) if isinstance(x, (int, float)) else x}" for op, x in s["when"].items())
+    return f"{what} is {_num(base)} ({rule}: saturated on this backbone): {s['why']}"
+
+
+def _evaluate(m: dict, tables_dir: Path, where: str) -> float:
     names = {k: operand_value(op, tables_dir, m.get("csv")) for k, op in m["operands"].items()}
     try:
-        value = _safe_eval(m.get("value", next(iter(m["operands"]))), names, entry["id"])
+        value = _safe_eval(m.get("value", next(iter(m["operands"]))), names, where)
     except (ValueError, OverflowError) as exc:  # the spec was checked on load: this is the data (log10 of < 0)
         raise NotMeasured(f"cannot compute the value from {names}: {exc}") from None
     if not math.isfinite(value):
@@ -299,7 +383,10 @@ def _fmt_where(where) -> str:
 
 def describe(entry: dict) -> str:
     """How the measured value is computed, in words a reviewer can redo by hand."""
-    m = entry["measure"]
+    return describe_measure(entry["measure"])
+
+
+def describe_measure(m: dict) -> str:
     parts = []
     for name, op in m["operands"].items():
         agg = op.get("agg", "one")
@@ -315,38 +402,87 @@ def _rule_text(rule) -> str:
     return ", ".join(f"{op} {x}" for op, x in rule.items())
 
 
-def notebook_cell(notebooks_dir: Path, notebook: str, table: str) -> str:
-    """``"02_canonical_tofu.ipynb, cell 14"``: the code cell that writes ``table`` (by its stem)."""
-    path = Path(notebooks_dir) / f"{notebook}.ipynb"
-    if not path.is_file():
-        return f"{notebook}.ipynb (not written yet)"
+def _writes(source: str, stem: str) -> bool:
+    """A call to a writer (``save_table``, ``atomic_write``, ``to_csv``, ...) that names ``stem``."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # IPython magics: read line by line
+        return any(stem in line and any(w in line for w in WRITERS) for line in source.splitlines())
+    for node in ast.walk(tree):
+        func = getattr(node, "func", None)
+        name = getattr(func, "attr", None) or getattr(func, "id", None)
+        if isinstance(node, ast.Call) and name in WRITERS and stem in (ast.get_source_segment(source, node) or ""):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=32)
+def _cells(path: Path, mtime_ns: int, size: int) -> list:  # read once per version of the file
+    return nbformat.read(path, as_version=4).cells
+
+
+def _heading_above(cells, i: int) -> str | None:
+    for cell in reversed(cells[:i]):
+        heads = [line.lstrip("#").strip() for line in cell.source.splitlines() if re.match(r"#+\s", line)]
+        if cell.cell_type == "markdown" and heads:
+            return heads[-1]
+    return None
+
+
+def notebook_cell(notebooks_dir: Path, table: str, planned: str) -> str:
+    """``"02_canonical_tofu.ipynb § Table I"``: the notebook whose code cell writes ``table`` (by its
+    stem) and the heading of that cell's section; ``planned`` names the notebook until one does."""
     stem = Path(table).stem
-    for i, cell in enumerate(nbformat.read(path, as_version=4).cells, 1):
-        if cell.cell_type == "code" and stem in cell.source:
-            return f"{notebook}.ipynb, cell {i}"
-    return f"{notebook}.ipynb"
+    paths = sorted(Path(notebooks_dir).glob("*.ipynb"), key=lambda p: p.stem != planned)  # planned first
+    for path in paths:
+        cells = _cells(path, path.stat().st_mtime_ns, path.stat().st_size)
+        code = [i for i, c in enumerate(cells) if c.cell_type == "code"]
+        for n, i in enumerate(code, 1):
+            if _writes(cells[i].source, stem):
+                heading = _heading_above(cells, i)
+                return (f"{path.name} § {heading}" if heading
+                        else f"{path.name}, code cell {n} (counting code cells only, from 1)")
+    planned_path = Path(notebooks_dir) / f"{planned}.ipynb"
+    return f"{planned}.ipynb" + ("" if planned_path.is_file() else " (not written yet)")
 
 
-def ledger(spec=SPEC, tables_dir=REPO / "tables", notebooks_dir=REPO / "notebooks") -> pd.DataFrame:
-    rows = []
-    for e in load_spec(spec):
+def ledger(spec=SPEC, tables_dir=REPO / "tables", notebooks_dir=REPO / "notebooks",
+           paper_backbone: bool = False) -> pd.DataFrame:
+    """One row per claim. ``paper_backbone``: the tables come from the paper's own backbone, so an
+    entry in raw units is judged on its rules instead of reading "not comparable here"."""
+    entries, rows = load_spec(spec), {}
+    twin_of = {e["scale_free_twin"]: e["id"] for e in entries if "scale_free_twin" in e}
+    for e in entries:
         tables = sorted({op.get("csv") or e["measure"].get("csv") for op in e["measure"]["operands"].values()})
+        notes = [f"scale-free reading of {twin_of[e['id']]}"] if e["id"] in twin_of else []
         row = {"id": e["id"], "claim": e["claim"], "paper_source": e.get("source", ""), "paper": e["paper"],
                "paper_text": e.get("paper_text", ""), "unit": e.get("unit", ""), "measured": math.nan,
                "direction_rule": _rule_text(e.get("direction")), "direction_ok": "",
                "magnitude_rule": _rule_text(e.get("magnitude")), "magnitude_ok": "", "verdict": NOT_MEASURED,
-               "tables": " ".join(tables), "notebook_cell": notebook_cell(notebooks_dir, e["notebook"], tables[0]),
-               "how": describe(e), "note": e.get("note", "")}
+               "scale_free_twin": e.get("scale_free_twin", ""), "tables": " ".join(tables),
+               "notebook_cell": notebook_cell(notebooks_dir, tables[0], e["notebook"]), "how": describe(e)}
         try:
             value = measure(e, Path(tables_dir))
+            saturated = saturation(e, Path(tables_dir))
         except NotMeasured as why:
-            row["note"] = f"{why}" + (f"; {row['note']}" if row["note"] else "")
+            notes.insert(0, str(why))
         else:
             checks = {k: judge(value, e[k], e["paper"]) for k in ("direction", "magnitude") if e.get(k)}
             row.update(measured=value, verdict=HOLDS if all(checks.values()) else FAILS,
                        **{f"{k}_ok": "yes" if ok else "no" for k, ok in checks.items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
+            if saturated:
+                row["verdict"] = SATURATED
+                notes.insert(0, saturated)
+            elif "scale_free_twin" in e and not paper_backbone:
+                row["verdict"] = RAW
+        rows[e["id"]] = (row, notes + ([e["note"]] if e.get("note") else []))
+    for row, notes in rows.values():  # a raw entry's note gives its twin's verdict
+        if row["verdict"] == RAW:
+            twin = row["scale_free_twin"]
+            notes.insert(0, f"in raw {row['unit']}, which do not compare between this backbone and the paper's: "
+                            f"the verdict rests on the scale-free {twin} ({rows[twin][0]['verdict']})")
+        row["note"] = "; ".join(notes)
+    return pd.DataFrame([row for row, _ in rows.values()])
 
 
 def _num(v) -> str:
@@ -356,12 +492,15 @@ def _num(v) -> str:
 
 
 def to_markdown(df: pd.DataFrame, title: str) -> str:
-    counts = df["verdict"].value_counts()
     lines = [f"# {title}", "",
-             f"{len(df)} claims: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in (HOLDS, FAILS, NOT_MEASURED)) + ".",
+             f"{len(df)} claims: {_counts(df)}.",
              "Generated by `python -m timerome.claims` from `params/claims.yaml` and the notebooks' exported "
              "tables; do not edit by hand. *direction* / *magnitude*: whether the measured value passes each rule "
-             "(the rules are in `claims.csv` and the spec).", "",
+             "(the rules are in `claims.csv` and the spec). *not comparable here*: a claim in raw units (nats) of "
+             "the paper's backbone, read here on another one; its scale-free twin carries the verdict. *not "
+             "informative here*: the column is saturated on this backbone (the reason, from the measured baseline, "
+             "is in the notes). *notebook cell*: the notebook whose code cell writes the table, and the heading of "
+             "the section holding that cell.", "",
              "| id | claim (paper source) | paper | measured | direction | magnitude | verdict | notebook cell |",
              "|---|---|---|---|---|---|---|---|"]
     cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
@@ -378,6 +517,11 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _counts(df: pd.DataFrame) -> str:
+    counts = df["verdict"].value_counts()
+    return ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
+
+
 def write_ledger(df: pd.DataFrame, tables_dir, title: str) -> list[Path]:
     tables_dir = Path(tables_dir)
     csv = atomic_write(tables_dir / "claims.csv", lambda tmp: df.to_csv(tmp, index=False, lineterminator="\n"))
@@ -390,16 +534,22 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="tiny", help="read the tables of this profile (default: tiny)")
     ap.add_argument("--spec", default=str(SPEC), help="claims spec (default: params/claims.yaml)")
-    ap.add_argument("--tables-dir", help="read and write here instead of the profile's tables folder")
+    ap.add_argument("--tables-dir", help="read (and write) here instead of the profile's tables folder")
+    ap.add_argument("--out-dir", help="write claims.{md,csv} here instead of the tables folder")
+    ap.add_argument("--paper-backbone", action=argparse.BooleanOptionalAction, default=None,
+                    help="the tables come from the paper's backbone, so raw nats compare "
+                         "(default: only for --profile paper)")
     args = ap.parse_args(argv)
     from timerome.run import output_dirs
 
     dirs = output_dirs(args.profile)
     tables_dir = Path(args.tables_dir) if args.tables_dir else dirs["tables"]
-    df = ledger(args.spec, tables_dir, REPO / "notebooks")
-    paths = write_ledger(df, tables_dir, f"Claims ledger: the paper's numbers vs this artifact (profile {args.profile})")
-    counts = df["verdict"].value_counts()
-    print(", ".join(f"{counts.get(v, 0)} {v}" for v in (HOLDS, FAILS, NOT_MEASURED)) + f" -> {paths[1]}")
+    paper_backbone = args.profile == "paper" if args.paper_backbone is None else args.paper_backbone
+    df = ledger(args.spec, tables_dir, REPO / "notebooks", paper_backbone=paper_backbone)
+    out_dir = Path(args.out_dir) if args.out_dir else tables_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = write_ledger(df, out_dir, f"Claims ledger: the paper's numbers vs this artifact (profile {args.profile})")
+    print(f"{_counts(df)} -> {paths[1]}")
 
 
 if __name__ == "__main__":
