@@ -76,10 +76,11 @@ def test_nothing_measured_is_never_an_error(tmp_path):
 def test_the_papers_own_numbers_hold(tmp_path):
     paper_tables(tmp_path)
     df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path, paper_backbone=True).set_index("id")
+    no_paper_value = {e["id"] for e in claims.load_spec() if e["paper"] is None}  # e.g. CIs the paper never reports
     measured_here = [i for i in df.index if df.loc[i, "tables"] in
                      ("table1_canonical_tofu.csv", "table3_scalability.csv", "table3_install_times.csv", "table5_streaming.csv",
-                      "tie_layer_ranking.csv")]
-    assert len(measured_here) >= 20
+                      "tie_layer_ranking.csv") and i not in no_paper_value]
+    assert len(measured_here) >= 20 and {"t1_selectivity_ci", "t1_tie_beats_random_ci"} <= no_paper_value
     assert df.loc[measured_here, "verdict"].eq(claims.HOLDS).all(), df.loc[measured_here, ["measured", "note"]]
     assert df.loc["t1_dflp", "measured"] == pytest.approx(-83.24)
     assert df.loc["t1_vs_alphaedit", "measured"] == pytest.approx(83.24 / 11.9)  # names compare without case

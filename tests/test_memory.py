@@ -405,3 +405,24 @@ def test_streaming_and_install_validation(bb):
         EditMemory.build(bb, FACTS, LAYER, lam=0, alpha=1.0, q=0)
     with pytest.raises(ValueError, match="g_max"):
         GatedEdit(U[0], D[0], alpha=1.0, g_max=0.0)
+
+
+# ============================================================================ relative λ
+def test_build_with_relative_lambda(bb):
+    """lam_relative scales λ by the mean squared key norm; the memory equals the absolute-λ one."""
+    k = capture_keys(bb, FACTS, LAYER)
+    scale = float(k["U"].pow(2).sum(1).mean())
+    rel = EditMemory.build(bb, FACTS, LAYER, lam_relative=0.5, alpha=1.0, q=2)
+    assert rel.key_scale == scale and rel.lam == 0.5 * scale and rel.lam_relative == 0.5
+    ab = EditMemory.build(bb, FACTS, LAYER, lam=0.5 * scale, alpha=1.0, q=2)
+    assert ab.key_scale == scale and ab.lam_relative == pytest.approx(0.5)
+    h = torch.randn(2, 5, bb.hidden_size, dtype=torch.float64)
+    assert torch.equal(rel.delta(h), ab.delta(h))
+    assert EditMemory(k["U"], k["D"], lam=1.0, alpha=1.0, q=2).key_scale is None  # not built from facts
+
+
+@pytest.mark.parametrize("kw,match", [({}, "exactly one of lam"), ({"lam": 1.0, "lam_relative": 1.0}, "exactly one"),
+                                      ({"lam_relative": 0.0}, "lam_relative=0.0 must be")])
+def test_build_lambda_arguments(bb, kw, match):
+    with pytest.raises(ValueError, match=match):
+        EditMemory.build(bb, FACTS, LAYER, alpha=1.0, q=2, **kw)

@@ -9,6 +9,7 @@ import torch
 from scipy import stats
 
 from timerome import metrics as M
+from timerome import splits as S
 from timerome.data import Fact
 from timerome.likelihood import answer_logprob, answer_logprob_details
 
@@ -321,12 +322,16 @@ def test_split_names_load_the_perturbed_files(monkeypatch, bb):
         role = M.split_role(split)
         para = None if role in ("real_authors", "world_facts") else "alice did ."
         return [Fact(f"who wrote it {i} ?", "alice wrote it .", split, i, paraphrased_answer=para,
-                     perturbed_answers=["bob wrote it ."]) for i in range(3)]
+                     perturbed_answers=["bob wrote it ."], entity_id=f"tofu_author_{i:03d}") for i in range(8)]
 
     monkeypatch.setattr(D, "load_tofu", fake_load)
     f = M.evaluate(bb, ["forget01", "retain", "real_authors", "world_facts_perturbed"], rouge=False,
                    max_examples=2, **KW)
-    assert asked == ["forget01_perturbed", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed"]
+    assert [s for s in asked if s != "retain_perturbed"] == ["forget01_perturbed", "real_authors_perturbed",
+                                                              "world_facts_perturbed"]
+    # "retain" is the first facts of the *test* authors of retain_perturbed, never a validation author
+    test = S.split_authors([f"tofu_author_{i:03d}" for i in range(8)]).test
+    assert f[f.split == "retain"].fact_id.tolist() == [f"retain_perturbed:{int(a[-3:])}" for a in test[:2]]
     assert f.split.tolist() == ["forget01"] * 2 + ["retain"] * 2 + ["real_authors"] * 2 + ["world_facts_perturbed"] * 2
     assert f.role.tolist() == ["forget"] * 2 + ["retain"] * 2 + ["real_authors"] * 2 + ["world_facts"] * 2
 
@@ -356,3 +361,20 @@ def test_summarize_on_a_hand_made_frame():
     assert [s[c] for c in M.UTILITY_COLUMNS] == pytest.approx(nine)
     assert s.ModelUtility == pytest.approx(stats.hmean(nine))
     assert s.KS_p == pytest.approx(stats.ks_2samp([0.5, 4.0], [1.0, 0.9]).pvalue)
+
+
+def test_fact_deltas_match_facts_and_seeds():
+    import pandas as pd
+
+    from timerome.metrics import fact_deltas
+
+    def frame(lp):
+        return pd.DataFrame({"role": ["forget"] * 4 + ["retain"], "split": ["f"] * 4 + ["r"],
+                             "fact_id": ["a", "b", "a", "b", "c"], "seed": [0, 0, 1, 1, 0], "logprob": lp})
+
+    base, edited = frame([-1.0, -2.0, -1.5, -2.5, -9.0]), frame([-3.0, -2.0, -2.5, -4.5, -9.0])
+    d = fact_deltas(edited, base, "forget")
+    assert list(d.index) == ["a", "b"] and d.tolist() == [-1.5, -1.0]  # a: (-2 - 1) / 2, b: (0 - 2) / 2
+    assert fact_deltas(edited, base, "retain").tolist() == [0.0]
+    with pytest.raises(ValueError, match="different"):
+        fact_deltas(edited.iloc[1:], base, "forget")

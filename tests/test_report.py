@@ -80,3 +80,33 @@ def test_a_crash_while_writing_keeps_the_previous_table(table, tmp_path, monkeyp
         report.save_table(table.iloc[:1], "t", tmp_path, caption="c", label="l")
     assert csv.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "t.tex"]
+
+
+def test_place_labels_keeps_labels_apart_and_inside_the_axes():
+    fig, ax = plt.subplots(figsize=(3, 2))
+    x = [1.0, 1.02, 1.04, 1.06, 5.0, 9.0]  # four nearly coincident points: naive labels would pile up
+    y = [1.0, 1.01, 0.99, 1.0, 5.0, 9.0]
+    ax.plot(x, y, "o")
+    ax.set_xlim(0, 10), ax.set_ylim(0, 10)
+    anns = report.place_labels(ax, x, y, ["0.25", "0.5", "1", "1.5", "2", "3"])
+    renderer = fig.canvas.get_renderer()
+    boxes = [a.get_window_extent(renderer) for a in anns]
+    frame = ax.get_window_extent(renderer)
+    for i, a in enumerate(boxes):
+        assert frame.x0 <= a.x0 and a.x1 <= frame.x1 and frame.y0 <= a.y0 and a.y1 <= frame.y1
+        for b in boxes[i + 1:]:
+            assert report._overlap(a, b) == 0.0
+    assert [a.get_text() for a in anns] == ["0.25", "0.5", "1", "1.5", "2", "3"]
+    plt.close(fig)
+
+
+def test_signed_log_axis_labels_the_signed_values():
+    fig, ax = plt.subplots()
+    ax.plot([5, 50, 150], [4, 10, 170], "o")  # -ForgetLP, -RetainLP
+    report.signed_log_axis(ax, "x")
+    report.signed_log_axis(ax, "y", invert=True)
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert ax.yaxis_inverted() and not ax.xaxis_inverted()
+    fmt = ax.xaxis.get_major_formatter()
+    assert fmt(10.0) == "\u221210" and fmt(100.0) == "\u2212100"
+    plt.close(fig)

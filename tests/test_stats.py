@@ -6,7 +6,8 @@ import pytest
 import scipy.stats
 import torch
 
-from timerome.stats import MINUS, bootstrap_ci, fmt_delta, mean_std, paired_t, stars
+from timerome import stats
+from timerome.stats import MINUS, bootstrap_ci, fmt_delta, fmt_p, fmt_p_mean_std, mean_std, paired_t, stars
 
 
 def test_bootstrap_is_the_textbook_percentile_bootstrap():
@@ -91,6 +92,30 @@ def test_mean_std_formatting():
         mean_std([1.0, float("inf")])
 
 
+def test_fmt_p_never_rounds_a_small_p_to_zero():
+    assert fmt_p(0.3512) == "0.35" and fmt_p(0.1) == "0.10" and fmt_p(1.0) == "1.00"
+    assert fmt_p(0.0143) == "0.014" and fmt_p(0.0068) == "0.0068"  # two significant digits below 0.1
+    assert fmt_p(0.00999) == "0.010" and fmt_p(0.001) == "0.0010" and fmt_p(0.0995) == "0.10"  # after rounding
+    assert fmt_p(0.000999) == "0.0010"
+    assert fmt_p(3.24e-4) == "3.2e-4" and fmt_p(1.06e-12) == "1.1e-12"  # e-notation below 0.001
+    assert fmt_p(3.24e-4, digits=3) == "3.24e-4" and fmt_p(0.0143, digits=3) == "0.0143"
+    assert fmt_p(0.0) == "0"
+    assert fmt_p(None) == "n/a" and fmt_p(float("nan")) == "n/a"
+    with pytest.raises(ValueError, match="outside"):
+        fmt_p(1.5)
+
+
+def test_fmt_p_mean_std():
+    assert fmt_p_mean_std(3.2e-4, 1.1e-4) == "3.2e-4 ± 1.1e-4"
+    assert fmt_p_mean_std(0.42, 0.05) == "0.42 ± 0.050"
+    assert fmt_p_mean_std(0.02, 0.003) == "0.020 ± 0.0030"
+    assert fmt_p_mean_std(5e-5, 0.0) == "5.0e-5 ± 0"
+    assert fmt_p_mean_std(0.2, None) == "0.20 ± n/a"
+    assert fmt_p_mean_std(0.2, float("nan")) == "0.20"
+    with pytest.raises(ValueError, match="negative"):
+        fmt_p_mean_std(0.2, -0.1)
+
+
 def test_fmt_delta():
     assert fmt_delta(-3.2104, 0.003) == f"{MINUS}3.21**"
     assert fmt_delta(1.2, 0.2) == "+1.20"
@@ -119,3 +144,41 @@ def test_compare_to_baseline_pairs_by_seed():
         compare_to_baseline({"no_edit": base, "edit": edit.iloc[:2]}, ["ForgetLP"], "no_edit")
     with pytest.raises(ValueError, match="baseline 'x'"):
         compare_to_baseline({"no_edit": base}, ["ForgetLP"], "x")
+
+
+# --- selectivity ---------------------------------------------------------------------------------
+def _brute_selectivity(f, r, fb=None, rb=None, n=200, seed=3, level=0.95):
+    """The definition, one resample at a time, with the same draws as `selectivity_ci`."""
+    rng = np.random.default_rng(seed)
+    fi, ri = rng.integers(0, len(f), (n, len(f))), rng.integers(0, len(r), (n, len(r)))
+    vals = []
+    for a, b in zip(fi, ri):
+        v = np.mean(f[a]) / np.mean(r[b])
+        if fb is not None:
+            v -= np.mean(fb[a]) / np.mean(rb[b])
+        vals.append(v)
+    return np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
+
+
+def test_selectivity_ci_equals_the_brute_force_bootstrap():
+    rng = np.random.default_rng(0)
+    f, r = rng.normal(-3, 1, 30), rng.normal(-2, 0.5, 40)
+    est, lo, hi = stats.selectivity_ci(f, r, n_resamples=200, seed=3)
+    assert est == pytest.approx(f.mean() / r.mean(), rel=1e-15)
+    np.testing.assert_allclose([lo, hi], _brute_selectivity(f, r), rtol=1e-12)
+    assert lo < est < hi
+    fb, rb = f * 0.5 + 0.1, r * 1.2
+    gap = stats.selectivity_ci(f, r, versus=(fb, rb), n_resamples=200, seed=3)
+    assert gap[0] == pytest.approx(f.mean() / r.mean() - fb.mean() / rb.mean(), rel=1e-12)
+    np.testing.assert_allclose(gap[1:], _brute_selectivity(f, r, fb, rb), rtol=1e-12)
+    assert stats.selectivity_ci(f, r, versus=(f, r)) == (0.0, 0.0, 0.0)  # an edit against itself
+    assert stats.selectivity_ci(f, r, seed=1) == stats.selectivity_ci(f, r, seed=1)
+
+
+def test_selectivity_ci_errors():
+    with pytest.raises(ValueError, match="same facts"):
+        stats.selectivity_ci([1.0, 2.0], [1.0], versus=([1.0], [1.0]))
+    with pytest.raises(ValueError, match="d_retain"):
+        stats.selectivity_ci([1.0], [])
+    with pytest.raises(ValueError, match="level"):
+        stats.selectivity_ci([1.0], [1.0], level=1.0)

@@ -320,6 +320,7 @@ class EditMemory:
 
     def _setup(self, U, D, keys, *, lam, alpha, q, layer, module, backbone_id, target, gram="auto"):
         self._lam = _positive(lam, "lam")
+        self.key_scale = self.lam_relative = None  # mean |u|^2 and lam / it: known after `build`
         if gram not in GRAM_FORMS:
             raise ValueError(f"gram={gram!r}; expected one of {GRAM_FORMS}")
         self.gram_choice = gram
@@ -634,13 +635,31 @@ class EditMemory:
     # --- construction from facts ---------------------------------------------------------------
     @classmethod
     def build(cls, backbone, facts, layer: int, *, module: str = "resid", target: str = DEFAULT_TARGET,
-              lam, alpha, q, batch_size: int = 32, skip_unlocatable: bool = False) -> "EditMemory":
-        """Capture (Eq. 6-9) then factorise (Eq. 11). ``timings``: capture_s and solve_s."""
-        _positive(lam, "lam"), _finite(alpha, "alpha"), _q(q)  # fail before the capture, not after
+              lam=None, lam_relative=None, alpha, q, batch_size: int = 32,
+              skip_unlocatable: bool = False) -> "EditMemory":
+        """Capture (Eq. 6-9) then factorise (Eq. 11). ``timings``: capture_s and solve_s.
+
+        Exactly one of ``lam`` (absolute) or ``lam_relative``: λ = lam_relative × ``key_scale``, the
+        mean squared key norm ‖u‖² of the captured facts (λ competes with UUᵀ, whose scale differs
+        between layers and backbones). Sets ``lam``, ``lam_relative`` (λ / key_scale) and ``key_scale``.
+        """
+        if (lam is None) == (lam_relative is None):
+            raise ValueError(f"pass exactly one of lam= (absolute) or lam_relative= (x mean |u|^2); "
+                             f"got lam={lam!r}, lam_relative={lam_relative!r}")
+        _positive(lam if lam is not None else lam_relative, "lam" if lam is not None else "lam_relative")
+        _finite(alpha, "alpha"), _q(q)  # fail before the capture, not after
         k = capture_keys(backbone, facts, layer, module=module, target=target, batch_size=batch_size,
                          skip_unlocatable=skip_unlocatable)
+        key_scale = float(k["U"].pow(2).sum(1).mean())
+        if lam is None:
+            if not key_scale > 0:
+                raise ValueError("lam_relative needs a nonzero key scale, but every captured key is zero")
+            lam = lam_relative * key_scale
         mem = cls(k["U"], k["D"], lam=lam, alpha=alpha, q=q, keys=k["fact_ids"], layer=layer, module=module,
                   backbone_id=backbone.name or None, target=target)
+        mem.key_scale = key_scale
+        mem.lam_relative = (float(lam_relative) if lam_relative is not None
+                            else mem.lam / key_scale if key_scale > 0 else float("nan"))
         mem.skipped = k["skipped"]
         mem.timings = {"capture_s": k["capture_s"], "solve_s": mem.timings["solve_s"]}
         return mem

@@ -58,7 +58,7 @@ from scipy import stats as _st
 
 from .sampler import generate, generate_autoregressive
 
-__all__ = ["generate_answers", "answer_token_accuracy", "token_accuracy_summary", "split_role", "truth_ratio",
+__all__ = ["fact_deltas", "generate_answers", "answer_token_accuracy", "token_accuracy_summary", "split_role", "truth_ratio",
            "forget_truth_ratio", "retain_truth_ratio", "forget_quality", "normalized_prob", "rouge_l_recall",
            "harmonic_mean", "model_utility", "evaluate", "summarize", "TOFU_ROLES", "UTILITY_COLUMNS"]
 
@@ -247,6 +247,7 @@ def model_utility(values: Mapping[str, float] | Sequence[float]) -> float:
 # --- evaluate ------------------------------------------------------------------------------------
 def _load_splits(names, root):
     from .data import load_tofu
+    from .splits import retain_facts
 
     out = {}
     for name in names:
@@ -255,7 +256,9 @@ def _load_splits(names, root):
         file = name if name.endswith("_perturbed") else (
             "retain_perturbed" if name == "retain" else
             f"{name}_perturbed" if role in ("forget", "real_authors", "world_facts") else name)
-        out[name] = load_tofu(file, root)
+        # "retain" is the *test* authors of retain_perturbed only (splits.retain_author_split): a
+        # table cell never scores the authors that tuned λ; pass a dict of facts to score others
+        out[name] = retain_facts("test", root) if name == "retain" else load_tofu(file, root)
     return out
 
 
@@ -320,7 +323,10 @@ def evaluate(backbone, split_facts, *, seeds: Iterable[int] = (0,), n_mc: int = 
 
     ``split_facts``: ``{split name: [Fact]}``, or a list of TOFU split names loaded with
     `data.load_tofu` (``root``) -- "forget10", "retain", "real_authors", "world_facts" load the
-    ``*_perturbed`` files TOFU evaluates. The role of a split (forget / retain / real_authors /
+    ``*_perturbed`` files TOFU evaluates. "retain" loads only the **test** authors of
+    ``retain_perturbed`` (`splits.retain_facts("test")`), so no cell scores the validation authors
+    that tune λ; to score validation facts, pass them in a dict
+    (``{"retain_val": splits.retain_facts("validation")}``). The role of a split (forget / retain / real_authors /
     world_facts) comes from its name (`split_role`). ``max_examples`` keeps each split's first
     examples (TOFU: 300).
 
@@ -480,3 +486,17 @@ def _ks(fs, retain_frame, seed):
     if ref["truth_ratio"].isna().any():
         raise ValueError("summarize: retain_frame has forget rows without a truth ratio")
     return forget_quality(forget["truth_ratio"].to_numpy(), ref["truth_ratio"].to_numpy())
+
+
+def fact_deltas(frame: pd.DataFrame, base: pd.DataFrame, role: str) -> pd.Series:
+    """Per fact of ``role``: the mean over seeds of logprob(edited) - logprob(no_edit), two `evaluate`
+    frames matched on (fact_id, seed); indexed by fact_id, in ``frame``'s order."""
+    a, b = _role_rows(frame, role), _role_rows(base, role, "base")
+    key = ["fact_id", "seed"]
+    joined = a[key + ["logprob"]].merge(b[key + ["logprob"]], on=key, how="outer", suffixes=("", "_base"),
+                                        indicator=True)
+    if (joined["_merge"] != "both").any():
+        odd = joined.loc[joined["_merge"] != "both", key].head(3).values.tolist()
+        raise ValueError(f"fact_deltas: the frames score different (fact, seed) pairs for role {role!r}, e.g. {odd}")
+    d = joined.assign(delta=joined["logprob"] - joined["logprob_base"]).groupby("fact_id", sort=False)["delta"].mean()
+    return d.reindex(pd.unique(a["fact_id"]))

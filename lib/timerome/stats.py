@@ -12,7 +12,11 @@ values, more than one dimension, or (for `paired_t`) mismatched lengths.
   ``seed`` gives bitwise the same interval.
 * `paired_t` is ``scipy.stats.ttest_rel`` (two-tailed Student t on the per-pair differences),
   for runs matched by seed.
-* `stars`, `mean_std`, `fmt_delta` format numbers for tables (``−`` is U+2212 MINUS SIGN).
+* `stars`, `mean_std`, `fmt_delta` format numbers for tables (``−`` is U+2212 MINUS SIGN);
+  `fmt_p`, `fmt_p_mean_std` format p-values, switching to ``3.2e-4`` style below 0.01 so that a
+  small p never prints as ``0.00``.
+* `selectivity_ci` is ΔForget/ΔRetain (the ratio of the mean per-fact changes) with a percentile
+  bootstrap over facts, and the paired gap between two edits scored on the same facts.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from scipy import stats as _st
 
 MINUS = "\u2212"
 
-__all__ = ["bootstrap_ci", "paired_t", "stars", "mean_std", "fmt_mean_std", "fmt_delta", "compare_to_baseline", "MINUS"]
+__all__ = ["bootstrap_ci", "paired_t", "stars", "mean_std", "fmt_mean_std", "fmt_delta", "fmt_p", "fmt_p_mean_std",
+           "compare_to_baseline", "selectivity_ci", "MINUS"]
 
 
 def _as_1d(x, name: str = "x", min_len: int = 1) -> np.ndarray:
@@ -141,6 +146,44 @@ def fmt_delta(delta, p=None, digits: int = 2) -> str:
     return _signed(delta, digits, plus=True) + stars(p)
 
 
+def _small(x: float, digits: int) -> str:
+    """``digits`` decimals from 0.1 up, ``digits`` significant digits from 0.001 up (``0.014``),
+    below that e-notation with a short exponent (``3.2e-4``); exactly 0 is ``"0"``."""
+    if x == 0.0:
+        return "0"
+    mant, exp = f"{x:.{max(digits - 1, 0)}e}".split("e")  # rounded first: 0.0995 -> 0.10, 0.00999 -> 0.010
+    r = abs(float(f"{mant}e{exp}"))
+    if r >= 0.1:
+        return f"{x:.{digits}f}"
+    if r >= 1e-3:
+        return f"{x:.{max(digits - 1, 0) - int(exp)}f}"
+    return f"{mant}e{int(exp)}"
+
+
+def fmt_p(p, digits: int = 2) -> str:
+    """A p-value for a table: ``0.35``, ``0.014``, ``3.2e-4`` (never ``0.00`` for a small p);
+    None or NaN gives ``"n/a"``; a p outside [0, 1] is an error."""
+    if p is None or math.isnan(float(p)):
+        return "n/a"
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p-value {p} is outside [0, 1]")
+    return _small(p, digits)
+
+
+def fmt_p_mean_std(mean, std, digits: int = 2) -> str:
+    """``"m ± s"`` of p-values over seeds, both in the `fmt_p` style (``"3.2e-4 ± 1.1e-4"``);
+    ``std=None`` (one sample) gives ``"m ± n/a"``, a NaN std gives ``"m"`` alone."""
+    m = fmt_p(mean, digits)
+    if std is None:
+        return f"{m} ± n/a"
+    if math.isnan(float(std)):
+        return m
+    if not float(std) >= 0:
+        raise ValueError(f"std {std} is negative")
+    return f"{m} ± {_small(float(std), digits)}"
+
+
 def compare_to_baseline(per_seed: dict, columns, baseline: str, paired=None):
     """The rows of a results table: per method, mean and std over seeds of each column, and for
     the ``paired`` columns (default: all) the difference to ``baseline`` with its paired t-test.
@@ -180,3 +223,47 @@ def compare_to_baseline(per_seed: dict, columns, baseline: str, paired=None):
                     row[f"p_{c}"] = paired_t(v, base[c].to_numpy(dtype=float))[1] if len(v) > 1 else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def selectivity_ci(d_forget, d_retain, *, versus=None, n_resamples: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float, float]:
+    """(estimate, lo, hi) of the selectivity mean(d_forget) / mean(d_retain), the per-fact changes of
+    an edit vs no_edit on the forget and on the retain facts (> 1: forgetting costs the retained
+    answers less than it takes from the forgotten ones).
+
+    Percentile bootstrap over facts: each resample draws forget facts and retain facts with
+    replacement, independently (they are different facts). ``versus=(d_forget_b, d_retain_b)``:
+    instead the gap selectivity(a) - selectivity(b) of two edits scored on the same facts, each
+    resample drawing the same facts for both (paired). A resample whose retain mean is 0 has no
+    ratio and is left out of the quantiles.
+    """
+    f, r = _as_1d(d_forget, "d_forget"), _as_1d(d_retain, "d_retain")
+    if versus is not None:
+        fb, rb = _as_1d(versus[0], "versus forget"), _as_1d(versus[1], "versus retain")
+        if fb.shape != f.shape or rb.shape != r.shape:
+            raise ValueError(f"versus: {fb.size} forget / {rb.size} retain changes, but {f.size} / {r.size}: "
+                             "a paired gap needs the same facts")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level={level} must lie strictly between 0 and 1")
+    if int(n_resamples) < 1:
+        raise ValueError(f"n_resamples={n_resamples} must be positive")
+    rng = np.random.default_rng(seed)
+    fi = rng.integers(0, f.size, (int(n_resamples), f.size))
+    ri = rng.integers(0, r.size, (int(n_resamples), r.size))
+
+    def ratio(fv, rv, fi=None, ri=None):
+        num = fv.mean() if fi is None else fv[fi].mean(1)
+        den = rv.mean() if ri is None else rv[ri].mean(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den != 0, num / np.where(den != 0, den, 1.0), np.nan)
+
+    def stat(fi=None, ri=None):
+        out = ratio(f, r, fi, ri)
+        return out if versus is None else out - ratio(fb, rb, fi, ri)
+
+    est, boot = float(stat()), stat(fi, ri)
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return est, math.nan, math.nan
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return est, float(lo), float(hi)
