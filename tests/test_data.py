@@ -3,6 +3,7 @@ malformed input, hub-offline errors, and the small WHP/WMDP/verbmem fixtures."""
 
 import json
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -225,7 +226,7 @@ def test_wrong_type(tmp_path):
     row = {"question": "Who is Ada Quill?", "answer": "Ada Quill is a poet.", "paraphrased_answer": "p",
            "perturbed_answer": "not a list", "paraphrased_question": "pq"}
     p = _jsonl(tmp_path / "x.jsonl", [row])
-    with pytest.raises(D.DataError, match=r"x\.jsonl: line 1: field 'perturbed_answer' must be a list of strings"):
+    with pytest.raises(D.DataError, match=r"x\.jsonl: line 1: field 'perturbed_answer' must be a list of non-empty strings"):
         D.load_tofu("forget01_perturbed", path=p)
     p = _jsonl(tmp_path / "y.jsonl", [{"question": 3, "answer": "a"}])
     with pytest.raises(D.DataError, match=r"field 'question' must be a string, got int"):
@@ -280,6 +281,66 @@ def test_tofu_not_found_offline(tmp_path, monkeypatch, offline_hub):
     monkeypatch.delenv(D.ENV_VAR)
     with pytest.raises(D.DataNotFound, match=r"TIMEROME_DATA is not set; expected \$TIMEROME_DATA/tofu/forget10\.json"):
         D.load_tofu("forget10")
+
+
+class _FakeDatasets:
+    """Stands in for the `datasets` module: counts calls, raises what it is given (no network)."""
+    def __init__(self, error):
+        self.calls, self.error = 0, error
+
+    def load_dataset(self, *args, **kwargs):
+        self.calls += 1
+        raise self.error
+
+
+def _online(monkeypatch, error):
+    fake = _FakeDatasets(error)
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    monkeypatch.setattr(D, "_HUB_UNREACHABLE", None)
+    return fake
+
+
+def test_hub_fallback_is_not_tried_when_offline(tmp_path, monkeypatch):
+    fake = _online(monkeypatch, RuntimeError("must not be called"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(D.DataNotFound, match=r"locuslab/TOFU.*was not tried \(HF_HUB_OFFLINE=1 is set\)"):
+        D.load_tofu("forget10", root=tmp_path)
+    assert fake.calls == 0
+
+
+def test_hub_fallback_fails_fast_after_a_refused_connection(tmp_path, monkeypatch):
+    refused = OSError("hub unreachable")
+    refused.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    fake = _online(monkeypatch, refused)
+    with pytest.raises(D.DataNotFound, match="hub unreachable"):
+        D.load_tofu("forget10", root=tmp_path)
+    with pytest.raises(D.DataNotFound, match="cais/wmdp.*not tried.*could not connect"):
+        D.load_wmdp("wmdp-bio", root=tmp_path)
+    assert fake.calls == 1
+    fake = _online(monkeypatch, ValueError("no such config"))  # not a connection problem: keep trying
+    for _ in range(2):
+        with pytest.raises(D.DataNotFound, match="no such config"):
+            D.load_tofu("forget10", root=tmp_path)
+    assert fake.calls == 2
+
+
+@pytest.mark.parametrize("loader, rows, field", [
+    ("tofu", [{"question": "Who is Ada Quill?", "answer": "A poet."}, {"question": "Q?", "answer": ""}], "answer"),
+    ("tofu", [{"question": "Who is Ada Quill?", "answer": "  \n"}], "answer"),
+    ("perturbed", [{"question": "Q?", "answer": "a", "paraphrased_answer": "p", "paraphrased_question": "pq",
+                    "perturbed_answer": ["x", ""]}], "perturbed_answer"),
+    ("trivia", [{"question": "Q?", "true_answer": "", "false_answer": "b"}], "true_answer"),
+    ("wmdp", [{"question": "Q?", "choices": ["", "b"], "answer": 0}], "choices"),
+])
+def test_empty_answer_is_rejected(tmp_path, loader, rows, field):
+    p = _jsonl(tmp_path / "x.jsonl", rows)
+    load = {"tofu": lambda: D.load_tofu("forget01", path=p),
+            "perturbed": lambda: D.load_tofu("forget01_perturbed", path=p),
+            "trivia": lambda: D.load_whp_trivia(path=p), "wmdp": lambda: D.load_wmdp(path=p)}[loader]
+    with pytest.raises(D.DataError, match=rf"x\.jsonl: line {len(rows)}: field '{field}'.*non-empty string"):
+        load()
 
 
 def test_explicit_path_missing(tmp_path):

@@ -102,6 +102,23 @@ def test_topq_keeps_q_coefficients_per_token():
     assert len({tuple(sorted((coef[t].abs() > 1e-8).nonzero().flatten().tolist())) for t in range(7)}) > 1
 
 
+@pytest.mark.parametrize("gather", [True, False])  # q of many (gathered rows) and q of few (scatter)
+def test_topq_ties_are_decided_in_float64_then_by_index(gather):
+    """Coefficients equal in float32 but not in float64 are ranked by their float64 values; exact ties
+    go to the lower index. (W is set by hand to make the ties exact.)"""
+    n, H = (16, 20) if gather else (3, 20)  # H >= n: the used coefficients are recoverable
+    U, D = keys(n, H)
+    mem = EditMemory(U, D, lam=1.0, alpha=1.0, q=1, gram="facts")
+    W = torch.zeros(n, H, dtype=torch.float64)
+    W[0, 0], W[1, 0], W[2, 0] = 1.0, 1.0 + 2.0 ** -30, -(1.0 + 2.0 ** -30)  # 1 and 2 tie in float64 too
+    mem.W, mem._cache = W, {}
+    h = torch.zeros(5, H)
+    h[:, 0] = 1.0
+    assert len(set(mem.coefficients(h)[0, :3].abs().tolist())) == 1  # one float32 value
+    used = torch.linalg.lstsq(D.T.double(), mem.delta(h).double().T).solution.T
+    assert (used.abs() > 1e-3).nonzero()[:, 1].tolist() == [1] * 5
+
+
 def test_alpha_and_q_can_change_without_refactorising():
     U, D = keys(10, 16)
     mem = EditMemory(U, D, lam=0.5, alpha=1.0, q=0)
@@ -183,6 +200,24 @@ def test_streaming_from_empty_and_back():
     for i in [2, 0, 4, 1, 3]:
         mem.remove(i)
     assert len(mem) == 0 and mem.L.shape == (0, 0) and torch.equal(mem.delta(h), torch.zeros_like(h))
+
+
+def test_memories_own_their_inputs():
+    """Two memories from the same float64 U, D: removing from one leaves the caller's tensors and
+    the other memory untouched (each keeps copies, not the caller's storage)."""
+    U, D = keys(8, 12)
+    U0, D0 = U.clone(), D.clone()
+    a, b = EditMemory(U, D, lam=0.3, alpha=1.0, q=2), EditMemory(U, D, lam=0.3, alpha=1.0, q=2)
+    a.remove(3)
+    assert torch.equal(U, U0) and torch.equal(D, D0)
+    assert torch.equal(b.W, EditMemory(b.U, b.D, lam=0.3, alpha=1.0, q=2).W)
+    u, d = U0[3].clone(), D0[3].clone()
+    a.insert(u, d, "x")
+    u.zero_(), d.zero_()  # the caller reuses its vectors: the memory keeps what was inserted
+    assert torch.equal(a.U[-1], U0[3]) and torch.equal(a.D[-1], D0[3])
+    g = GatedEdit(U[0], D[0], alpha=1.0)
+    U[0] = 0.0
+    assert torch.equal(g.u, U0[0])
 
 
 def test_remove_all_restores_no_edit_logits_exactly(bb):
@@ -318,6 +353,28 @@ def test_save_load_round_trip(bb, tmp_path):
     ref = EditMemory(mem.U, mem.D, lam=0.5, alpha=1.5, q=2)  # load refactorises: a from-scratch build
     h = torch.randn(4, 32, dtype=torch.float64)
     assert torch.equal(back.delta(h), ref.delta(h))
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda d: (d / "memory.json").write_text('{"format": "timerome-edit'), "memory.json: corrupt.*not valid JSON"),
+    (lambda d: _edit_meta(d, lambda m: m.pop("n_facts")), r"memory.json: corrupt.*missing.*'n_facts'"),
+    (lambda d: _edit_meta(d, lambda m: m.update(lam="abc")), r"memory.json: lam='abc'"),
+    (lambda d: _edit_meta(d, lambda m: m.update(keys=[1])), r"memory.json: field 'keys'"),
+    (lambda d: (d / "memory.json").write_text("[1, 2]"), "memory.json: not a timerome-edit-memory"),
+    (lambda d: (d / "memory.safetensors").write_bytes(b"\x00garbage"), "memory.safetensors: corrupt"),
+])
+def test_load_corrupt_memory_names_the_file(tmp_path, damage, match):
+    U, D = keys(3, 8)
+    path = EditMemory(U, D, lam=1.0, alpha=1.0, q=0).save(tmp_path / "m")
+    damage(path)
+    with pytest.raises(ValueError, match=match):
+        EditMemory.load(path)
+
+
+def _edit_meta(path, change):
+    meta = json.loads((path / "memory.json").read_text())
+    change(meta)
+    (path / "memory.json").write_text(json.dumps(meta))
 
 
 def test_save_load_empty_memory(tmp_path):

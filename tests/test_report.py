@@ -1,6 +1,7 @@
 """Exports: CSV at full precision and the booktabs LaTeX view from one frame; byte-identical
 re-writes; atomic writes."""
 import math
+import os
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -19,11 +20,12 @@ def table():
     })
 
 
-def test_csv_is_the_whole_frame_at_full_precision(table, tmp_path):
+def test_csv_is_the_whole_frame_at_six_significant_digits(table, tmp_path):
     csv, tex = report.save_table(table, "t1", tmp_path, caption="c", label="tab:t1")
     back = pd.read_csv(csv)
     assert list(back.columns) == list(table.columns)
-    pd.testing.assert_frame_equal(back, table)  # exact: every float round-trips
+    pd.testing.assert_frame_equal(back, report.rounded_frame(table), check_exact=True)
+    assert "-35.7012," in csv.read_text() and back["n"].tolist() == [5, 5, 1]  # ints as they are
     assert "\r" not in csv.read_text()
 
 
@@ -110,3 +112,30 @@ def test_signed_log_axis_labels_the_signed_values():
     fmt = ax.xaxis.get_major_formatter()
     assert fmt(10.0) == "\u221210" and fmt(100.0) == "\u2212100"
     plt.close(fig)
+
+
+def test_float_error_below_six_digits_gives_byte_identical_exports(tmp_path):
+    """Issue 15 item 3: lambda 3588.5657041942004 vs 3588.565742548002 on two machines."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, lam in ((a, 3588.5657041942004), (b, 3588.565742548002)):
+        report.save_table(pd.DataFrame({"lam": [lam], "x": [1e-7 * lam]}), "t", folder, caption="c", label="l")
+        report.save_json({"lam": lam, "layer": 3, "nested": [lam, {"v": lam}]}, folder / "c.json")
+    assert (a / "t.csv").read_bytes() == (b / "t.csv").read_bytes()
+    assert (a / "c.json").read_bytes() == (b / "c.json").read_bytes()
+    assert '"lam": 3588.57' in (a / "c.json").read_text() and '"layer": 3' in (a / "c.json").read_text()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_write_respects_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = report.atomic_write(tmp_path / "t.csv", lambda tmp: open(tmp, "w").write("x"))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+
+
+def test_temporaries_are_hidden_and_recognised(tmp_path):
+    seen = []
+    report.atomic_write(tmp_path / "t.csv", lambda tmp: seen.append(tmp) or open(tmp, "w").write("x"))
+    assert report.is_temporary(seen[0]) and not report.is_temporary(tmp_path / "t.csv")

@@ -2,6 +2,7 @@
 execution of throwaway notebooks (no model loading): skip/resume, atomic writes, failures,
 parallel workers and the submitit local executor."""
 import json
+import os
 
 import nbformat
 import pytest
@@ -395,3 +396,195 @@ def test_the_main_job_rebuilds_the_claims_ledger(repo):
     (repo / "tables" / "claims.csv").unlink()
     run.main(["--force", "--no-claims"], repo=repo)
     assert not (repo / "tables" / "claims.csv").exists()
+
+
+# --- a run publishes only when it succeeds (issue 15, item 2) ----------------------------------
+
+STAGED_CELL = """import json, pathlib
+pathlib.Path(tables_dir, "result.json").write_text(json.dumps({"seed": seed}))
+pathlib.Path(tables_dir, "new.csv").write_text("a\\n1\\n")
+pathlib.Path(tables_dir, ".new.csv.x1.tmp").write_text("a SIGKILLed write")
+pathlib.Path(out_file).write_text(json.dumps({"seed": seed}))
+with open(counter_file, "a") as f:
+    f.write("01\\n")
+if seed < 0:
+    raise RuntimeError("late failure, after the outputs were written")"""
+
+
+@pytest.fixture
+def staged_repo(tmp_path):
+    """01_writer writes two tables, a temporary and an `output` parameter, then fails if seed < 0;
+    02_reader reads its result.json, 03_alone reads nothing. A schema types the parameters."""
+    _skeleton(tmp_path)
+    counter = tmp_path / "counter.txt"
+    _notebook(tmp_path / "notebooks" / "01_writer.ipynb",
+              f"seed = 0\nout_file = '../tables/out.json'\ncounter_file = {str(counter)!r}\n"
+              "figures_dir = '../figures'\ntables_dir = '../tables'", [STAGED_CELL])
+    for name, body in (("02_reader", "print(open('../tables/result.json').read())"), ("03_alone", "print(1)")):
+        _notebook(tmp_path / "notebooks" / f"{name}.ipynb", f"counter_file = {str(counter)!r}\ntables_dir = '../tables'",
+                  [body, f"open(counter_file, 'a').write({name[:2]!r} + '\\n')"])
+        (tmp_path / "params" / "tiny" / f"{name}.yaml").write_text("{}\n")
+    (tmp_path / "params" / "tiny" / "01_writer.yaml").write_text("seed: 1\n")
+    (tmp_path / "params" / "schema.yaml").write_text(
+        "01_writer: {seed: {type: int}, out_file: {type: str, output: true}, counter_file: {type: str}}\n"
+        "02_reader: {counter_file: {type: str}}\n03_alone: {counter_file: {type: str}}\n")
+    return tmp_path
+
+
+def test_failed_run_publishes_nothing_and_skips_what_reads_it(staged_repo):
+    repo = staged_repo
+    run.main(["--no-claims"], repo=repo)
+    assert json.loads((repo / "tables" / "result.json").read_text()) == {"seed": 1}
+    assert json.loads((repo / "tables" / "out.json").read_text()) == {"seed": 1}  # an `output` param: staged too
+    assert not list((repo / "tables").glob(".*"))  # the temporary was not published
+    m = json.loads((repo / "runs" / "tiny" / "01_writer" / "manifest.json").read_text())
+    assert m["outputs"] == ["tables/new.csv", "tables/out.json", "tables/result.json"]
+    assert not (repo / "runs" / "tiny" / "01_writer" / "staging").exists()
+    nb = repo / "notebooks" / "01_writer.ipynb"
+    executed = nb.read_bytes()
+    (injected,) = [c.source for c in nbformat.reads(executed.decode(), as_version=4).cells
+                   if "injected-parameters" in c.metadata.get("tags", [])]
+    assert 'tables_dir = "../tables"' in injected and "staging" not in executed.decode()  # as if run in place
+    (repo / "tables" / "new.csv").unlink()
+    before = {p.name: p.read_bytes() for p in (repo / "tables").iterdir()}
+
+    (repo / "params" / "tiny" / "01_writer.yaml").write_text("seed: -1\n")
+    with pytest.raises(SystemExit, match=r"1 failed, 1 skipped") as e:
+        run.main(["--force", "--no-claims"], repo=repo)  # (without --force 02 is up to date with the old tables)
+    assert "skipped 02_reader (upstream 01_writer failed)" in str(e.value)
+    assert {p.name: p.read_bytes() for p in (repo / "tables").iterdir()} == before  # nothing new, nothing changed
+    assert nb.read_bytes() == executed  # the in-place notebook is replaced only on success
+    assert (repo / "counter.txt").read_text().split() == ["01", "02", "03", "01", "03"]  # 02 did not run, 03 did
+    m = json.loads((repo / "runs" / "tiny" / "01_writer" / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["outputs"] == ["tables/new.csv", "tables/out.json", "tables/result.json"]
+    assert "tables/new.csv" in m["unpublished"]
+    assert (repo / "runs" / "tiny" / "01_writer" / "staging" / "tables" / "new.csv").exists()  # kept to debug
+
+
+# --- whole-file hashes, cached (item 4) ---------------------------------------------------------
+
+def test_file_hash_reads_the_whole_of_a_big_file(tmp_path):
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    for path, byte in ((a, b"\x01"), (b, b"\x02")):  # 300 MiB, sparse: same size, head and tail
+        with open(path, "wb") as f:
+            f.truncate(300 << 20)
+            f.seek(150 << 20)
+            f.write(byte)
+    assert run.file_hash(a) != run.file_hash(b)
+
+
+def test_weight_digests_are_cached_by_path_size_and_mtime(repo, monkeypatch):
+    nb = repo / "notebooks" / "01_toy.ipynb"
+    w = repo / "lib" / "timerome" / "weights" / "tiny-x" / "model.safetensors"
+    w.parent.mkdir(parents=True)
+    w.write_bytes(b"w1")
+    calls = []
+    real = run.file_hash
+    monkeypatch.setattr(run, "file_hash", lambda p: calls.append(p) or real(p))
+    first = run.weights_used({"name": "tiny-x"}, nb, repo)
+    assert run.weights_used({"name": "tiny-x"}, nb, repo) == first and len(calls) == 1  # read once
+    assert (repo / "runs" / "hash-cache.json").is_file()
+    w.write_bytes(b"w2")
+    os.utime(w, ns=(1, 1))  # another mtime: hashed again
+    assert run.weights_used({"name": "tiny-x"}, nb, repo) != first and len(calls) == 2
+
+
+# --- the schema (item 6) ------------------------------------------------------------------------
+
+@pytest.fixture
+def schema_repo(repo):
+    (repo / "params" / "schema.yaml").write_text(
+        "01_toy:\n  alpha: {type: float, gt: 0}\n  steps: {type: int, min: 1}\n  name: {type: str}\n"
+        "  flag: {type: bool}\n  seeds: {type: list, min_len: 1, items: {type: int, min: 0}}\n"
+        "  extra: {type: float, nullable: true}\n"
+        "02_other:\n  alpha: {type: float}\n")
+    return repo
+
+
+@pytest.mark.parametrize("yaml_text, err, match", [
+    ("alpha: 0.5\nsteps: 4\nextra: null\n", None, None),
+    ("alpha: 0.5\n\nsteps: 0\n", ValueError, r"01_toy.yaml:3: parameter 'steps' of 01_toy.ipynb must be >= 1, got 0"),
+    ("alpha: 0\n", ValueError, r"01_toy.yaml:1: parameter 'alpha' .* must be > 0"),
+    ("seeds: [0, -1]\n", ValueError, r"'seeds' of 01_toy.ipynb\[1\] must be >= 0, got -1"),
+    ("seeds: []\n", ValueError, "at least 1 element"),
+    ("extra: 'abc'\n", TypeError, r"01_toy.yaml:1: parameter 'extra' of 01_toy.ipynb must be float or null, got str"),
+    ("steps: null\n", TypeError, "'steps' of 01_toy.ipynb must be int, not null"),
+    ("flag: 1\n", TypeError, "'flag' of 01_toy.ipynb must be bool"),
+    ("alpha: 1\nsteps: 2\nalpha: 3\n", ValueError, r"(?s)01_toy.yaml: .*duplicate key 'alpha' \(first given on line 1\).*line 3"),
+    ("grid: {steps: [1], steps: [2]}\n", ValueError, "duplicate key 'steps'"),
+    ("alpha: 1\nfigures_dir: out\n", ValueError, r"01_toy.yaml:2: 'figures_dir' is set by the runner"),
+    ("grid: {tables_dir: [a, b]}\n", ValueError, r"01_toy.yaml:1: 'tables_dir' is set by the runner"),
+    ("alpha: 1\ngrid:\n  steps: [4, 0]\n", ValueError, r"01_toy.yaml \(grid.steps\):3: parameter 'steps'.* >= 1"),
+])
+def test_schema_types_ranges_duplicates_and_runner_keys(schema_repo, yaml_text, err, match):
+    nb = schema_repo / "notebooks" / "01_toy.ipynb"
+    (schema_repo / "params" / "tiny" / "01_toy.yaml").write_text(yaml_text)
+    if err is None:
+        assert run.load_params(nb, "tiny", schema_repo)["steps"] == 4
+    else:
+        with pytest.raises(err, match=match):
+            run.load_params(nb, "tiny", schema_repo)
+
+
+@pytest.mark.parametrize("schema_text, match", [
+    ("01_toy: {alpha: {type: float}}\n", r"schema.yaml:1: 01_toy: parameter 'extra' of the notebook has no spec"),
+    ("02_other: {alpha: {type: float}}\n", "no mapping for notebook '01_toy'"),
+    ("01_toy: {alpha: {type: float, mn: 1}}\n", r"01_toy.alpha: unknown spec key\(s\) \['mn'\]"),
+    ("01_toy: {alpha: {type: real}}\n", "type must be one of"),
+    ("01_toy:\n  alpha: {type: float, min: 5}\n", r"schema.yaml:2: the default of 01_toy.alpha .* must be >= 5"),
+    ("01_toy: {alpha: {}, alpha: {}}\n", "duplicate key 'alpha'"),
+    ("01_toy: {nope: {type: int}}\n", "01_toy.nope: not a parameter of 01_toy.ipynb"),
+])
+def test_schema_itself_is_checked_against_the_notebook(repo, schema_text, match):
+    (repo / "params" / "schema.yaml").write_text(schema_text)
+    (repo / "params" / "tiny" / "01_toy.yaml").write_text("alpha: 1.0\n")
+    with pytest.raises(ValueError, match=match):
+        run.load_params(repo / "notebooks" / "01_toy.ipynb", "tiny", repo)
+
+
+@pytest.mark.parametrize("notebook, params, match", [
+    ("02_canonical_tofu", {"n_mc": 0}, "'n_mc' .* must be >= 1"),
+    ("01_tie_heatmaps", {"steps": 0}, "'steps' .* must be >= 1"),
+    ("02_canonical_tofu", {"lam_grid": [1.0, 0]}, r"'lam_grid' .*\[1\] must be > 0"),
+    ("04_scalability", {"q": -2}, "'q' .* must be >= 1"),
+    ("01_tie_heatmaps", {"seed": -1}, "'seed' .* must be >= 0"),
+    ("01_tie_heatmaps", {"sigma": "abc"}, "'sigma' .* must be float or null, got str"),
+    ("07_pareto", {"random_layer_config": [2.0, 2.5]}, r"'random_layer_config' .*\[1\] must be int"),
+    ("06_streaming", {"forget_split": "forget02"}, "must be one of"),
+])
+def test_the_shipped_schema_rejects_what_used_to_fail_late(notebook, params, match):
+    nb = run.REPO / "notebooks" / f"{notebook}.ipynb"
+    with pytest.raises((TypeError, ValueError), match=match):
+        run.validate_params(nb, params, f"params/tiny/{notebook}.yaml")
+
+
+def test_every_parameter_of_every_notebook_has_a_spec():
+    for nb in run.notebooks():
+        assert set(run.load_schema(nb)) == set(run.notebook_parameters(nb)) - set(run.RUNNER_SET)
+    assert run.output_parameters(run.REPO / "notebooks" / "02_canonical_tofu.ipynb") == ["hparams_file"]
+
+
+# --- fixed thread count, reproducible exports (item 3) -------------------------------------------
+
+THREADS_CELL = """import os, torch, pandas as pd
+from timerome import report
+g = torch.Generator().manual_seed(0)
+x = torch.randn(256, 4096, generator=g, dtype=torch.float32) * 1e3 + 3588.5657
+df = pd.DataFrame({"row": range(256), "sum": (x @ torch.ones(4096)).tolist(), "mean": x.mean(1).tolist()})
+report.save_table(df, "reduced", tables_dir, caption="c", label="l")
+report.save_json({"threads": torch.get_num_threads(), "omp": os.environ["OMP_NUM_THREADS"]}, os.path.join(tables_dir, "threads.json"))"""
+
+
+def test_fixed_threads_are_set_recorded_and_exports_match_at_1_and_2_threads(tmp_path):
+    _skeleton(tmp_path)
+    _notebook(tmp_path / "notebooks" / "01_reduce.ipynb", "figures_dir = '../figures'\ntables_dir = '../tables'",
+              [THREADS_CELL])
+    (tmp_path / "params" / "tiny" / "01_reduce.yaml").write_text("{}\n")
+    exported = {}
+    for threads in (1, 2):
+        run.main(["--force", "--no-claims", "--threads", str(threads)], repo=tmp_path)
+        got = json.loads((tmp_path / "tables" / "threads.json").read_text())
+        assert got == {"threads": threads, "omp": str(threads)}
+        assert json.loads((tmp_path / "runs" / "tiny" / "01_reduce" / "manifest.json").read_text())["threads"] == threads
+        exported[threads] = (tmp_path / "tables" / "reduced.csv").read_bytes()
+    assert exported[1] == exported[2]

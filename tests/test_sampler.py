@@ -196,6 +196,16 @@ def test_low_confidence_commits_the_most_confident_first(bb):
         assert g.tokens[0, P + i] == x0[i]
 
 
+@pytest.mark.parametrize("remasking", ["low_confidence", "entropy", "topk_margin", "maskgit_plus"])
+def test_confidences_are_ranked_in_float64(remasking):
+    """Two positions whose confidences are equal in float32 but not in float64 keep their float64 order."""
+    from timerome.sampler import _confidence
+    logits = torch.zeros(1, 2, 5)
+    logits[0, :, 0] = torch.tensor([4.0, 4.0 + 2.0 ** -20])  # position 1 is (slightly) more confident
+    conf = _confidence(logits, logits.argmax(-1), remasking, 0.0, None)
+    assert conf.dtype == torch.float64 and conf[0, 1] > conf[0, 0]
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(remasking="bogus"), "remasking"),
     (dict(gen_length=10, block_length=4), "multiple of block_length"),
@@ -208,6 +218,28 @@ def test_invalid_arguments(bb, kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         generate(bb, [_prompt(bb)], **args)
+
+
+@pytest.mark.parametrize("kw,err,match", [
+    (dict(gen_length=8.0), TypeError, "gen_length=8.0 must be an int"),
+    (dict(steps=4.0), TypeError, "steps=4.0 must be an int"),
+    (dict(block_length=True), TypeError, "block_length=True must be an int"),
+    (dict(temperature=-0.5), ValueError, "temperature=-0.5 must be a number >= 0"),
+    (dict(temperature=float("nan")), ValueError, "temperature=nan"),
+])
+def test_argument_types_and_signs_are_checked(bb, kw, err, match):
+    args = dict(gen_length=8, steps=4)
+    args.update(kw)
+    with pytest.raises(err, match=match):
+        generate(bb, [_prompt(bb)], **args)
+
+
+@pytest.mark.parametrize("prompts", [[], torch.zeros(0, 5, dtype=torch.long)])
+def test_no_prompts_is_a_clear_error(bb, prompts):
+    with pytest.raises(ValueError, match="prompt_ids is empty"):
+        generate(bb, prompts, gen_length=8, steps=4)
+    with pytest.raises(ValueError, match="prompt list is empty"):
+        left_pad([], 0)
 
 
 def test_causal_backbone_is_rejected(tiny_tokenizer):

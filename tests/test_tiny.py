@@ -100,6 +100,19 @@ def test_embedded_tiny_names():
     assert {"tiny-mdlm", "tiny-arm"} <= set(tiny_names())
 
 
+@pytest.mark.parametrize("dtype, want", [("bfloat16", torch.bfloat16), ("torch.float64", torch.float64),
+                                         (torch.float16, torch.float16), ("auto", torch.float32)])
+def test_tiny_load_accepts_dtype_names(dtype, want):
+    bb = timerome.load_backbone("tiny-mdlm", dtype=dtype)
+    assert bb.embedding.weight.dtype == want
+
+
+@pytest.mark.parametrize("dtype", ["bfloat61", "int64", torch.long, 3])
+def test_tiny_load_rejects_a_bad_dtype_clearly(dtype):
+    with pytest.raises(ValueError, match=r"dtype=.* is not a floating-point torch dtype"):
+        timerome.load_backbone("tiny-mdlm", dtype=dtype)
+
+
 def test_mdlm_batch_never_masks_the_prompt(tiny_tokenizer):
     ex = encode_pairs(tiny_tokenizer, PAIRS, "question: {question} answer:", " ")
     g = torch.Generator().manual_seed(0)

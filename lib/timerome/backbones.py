@@ -210,6 +210,21 @@ class Backbone:
 
 
 # ---------------------------------------------------------------------------------------------
+def as_dtype(dtype, *, allow_auto: bool = False):
+    """A torch floating dtype from a dtype or its name ("bfloat16", "torch.float16"); "auto"
+    passes through where the loader supports it (HF). Anything else: a ValueError naming it."""
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if isinstance(dtype, str):
+        if dtype == "auto" and allow_auto:
+            return dtype
+        got = getattr(torch, dtype.removeprefix("torch."), None)
+        if isinstance(got, torch.dtype) and got.is_floating_point:
+            return got
+    raise ValueError(f"dtype={dtype!r} is not a floating-point torch dtype "
+                     f"(e.g. torch.float32 or 'bfloat16'{', or auto' if allow_auto else ''})")
+
+
 def _load_tiny(path: Path, device, dtype):
     from safetensors.torch import load_file
     from transformers import PreTrainedTokenizerFast
@@ -221,7 +236,8 @@ def _load_tiny(path: Path, device, dtype):
     model = TinyLM(cfg)
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     tok = PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), **meta["special_tokens"])
-    model.to(device=device or "cpu", dtype=dtype or torch.float32).requires_grad_(False)  # frozen
+    dtype = as_dtype(dtype, allow_auto=True)
+    model.to(device=device or "cpu", dtype=torch.float32 if dtype in (None, "auto") else dtype).requires_grad_(False)  # frozen
     adapter = ADAPTERS["tiny-causal" if cfg.causal else "tiny"]
     return Backbone(model, tok, adapter, mask_id=tok.convert_tokens_to_ids(meta["special_tokens"]["mask_token"]),
                     name=meta["name"], prompt_template=meta["prompt_template"], answer_prefix=meta["answer_prefix"])
@@ -234,6 +250,7 @@ def tiny_names() -> list[str]:
 def load_backbone(name_or_path, *, trust_remote_code=False, device=None, dtype=None, adapter=None,
                   mask_id=None, prompt_template="{question}"):
     """Load a tiny embedded model by name, a saved tiny model directory, or a hub/local HF model."""
+    as_dtype(dtype, allow_auto=True)  # a bad dtype fails before any loading
     path = Path(name_or_path)
     if (WEIGHTS_DIR / str(name_or_path) / "backbone.json").exists():
         return _load_tiny(WEIGHTS_DIR / str(name_or_path), device, dtype)

@@ -161,6 +161,10 @@ _KINDS = {
     "str|int": ("a string or integer", lambda v: isinstance(v, (str, int)) and not isinstance(v, bool)),
     "list[str]": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "dict": ("a JSON object", lambda v: isinstance(v, dict)),
+    # an answer is scored: an empty one would get a (meaningless) log-probability, not an error
+    "answer": ("a non-empty string", lambda v: isinstance(v, str) and v.strip() != ""),
+    "list[answer]": ("a list of non-empty strings",
+                     lambda v: isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v)),
 }
 
 
@@ -199,17 +203,48 @@ def _load_rows(what, *, path, root, rel, hub=None):
         raise DataNotFound(f"{what}: not found locally ({where}); {advice}")
     repo, config, split = hub
     call = f"datasets.load_dataset({repo!r}, {config!r}, split={split!r})"
+    offline = _hub_offline()
+    if offline:  # the hub client would retry for many seconds before failing the same way
+        raise DataNotFound(f"{what}: not found locally ({where}) and the hub fallback {call} was not tried "
+                           f"({offline}); {advice}")
     try:
         import datasets
 
         ds = datasets.load_dataset(repo, config, split=split)
         rows = [(f"row {i}", dict(r)) for i, r in enumerate(ds)]
     except Exception as e:  # any hub failure (offline, auth, missing config) reads the same to the user
+        if _is_connection_error(e):
+            global _HUB_UNREACHABLE
+            _HUB_UNREACHABLE = f"an earlier hub call could not connect: {type(e).__name__}"
         raise DataNotFound(
             f"{what}: not found locally ({where}) and the hub fallback {call} failed "
             f"({type(e).__name__}: {e}); {advice}"
         ) from e
     return f"hub {repo} [{config}/{split}]", rows
+
+
+_HUB_UNREACHABLE = None  # why the hub is known to be unreachable in this process (set on a refused connection)
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def _hub_offline() -> str | None:
+    """Why a hub fallback should not even be tried (offline mode set, or an earlier connection
+    refused), else None."""
+    for var in _OFFLINE_VARS:
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var}={os.environ[var]} is set"
+    return _HUB_UNREACHABLE
+
+
+def _is_connection_error(e) -> bool:
+    """A refused/failed connection anywhere in the exception chain (requests' and httpx's
+    ConnectionError/ConnectError, or a builtin ConnectionError)."""
+    while e is not None:
+        if isinstance(e, ConnectionError) or type(e).__name__ in ("ConnectionError", "ConnectError",
+                                                                  "ConnectTimeout", "MaxRetryError"):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _check_policy(on_missing_subject):
@@ -451,19 +486,19 @@ def load_tofu(split, root=None, *, path=None, on_missing_subject=None) -> list[F
 
 def _tofu_fact(split, i, rec, src, where):
     fact = Fact(question=_field(rec, "question", "str", src, where),
-                answer=_field(rec, "answer", "str", src, where), split=split, index=i)
+                answer=_field(rec, "answer", "answer", src, where), split=split, index=i)
     used = {"question", "answer"}
     if split in ("real_authors", "world_facts"):
         names = [f"option{k}" for k in range(1, 5)]
         fact.extra["options"] = [_field(rec, n, "str", src, where) for n in names]
         used.update(names)
     elif split.endswith("_perturbed"):
-        fact.perturbed_answers = list(_field(rec, "perturbed_answer", "list[str]", src, where))
+        fact.perturbed_answers = list(_field(rec, "perturbed_answer", "list[answer]", src, where))
         used.add("perturbed_answer")
         # real_authors/world_facts_perturbed have no paraphrase: paraphrased_answer stays
         # None and metrics use the original answer in its place, as TOFU does.
         if split not in _TOFU_ENTITY:
-            fact.paraphrased_answer = _field(rec, "paraphrased_answer", "str", src, where)
+            fact.paraphrased_answer = _field(rec, "paraphrased_answer", "answer", src, where)
             fact.paraphrased_question = _field(rec, "paraphrased_question", "str", src, where)
             used.update(("paraphrased_answer", "paraphrased_question"))
     fact.extra.update({k: v for k, v in rec.items() if k not in used})
@@ -525,7 +560,7 @@ def load_rwku(target=None, level="forget_level1", root=None) -> list[Fact]:
         src, rows = _load_rows(f"RWKU {t}/{level}", path=None, root=root, rel=f"rwku/Target/{t}/{level}.json")
         for i, (where, rec) in enumerate(rows):
             q = _field(rec, "query", "str", src, where)
-            f = Fact(question=q, answer=_field(rec, "answer", "str", src, where),
+            f = Fact(question=q, answer=_field(rec, "answer", "answer", src, where),
                      split=f"rwku/{t}/{level}", index=i, entity_id=t, subject_rule="given",
                      extra={"level": _field(rec, "level", "str|int", src, where),
                             "type": _field(rec, "type", "str", src, where)})
@@ -564,7 +599,7 @@ def load_muse_knowmem(corpus, split, root=None, *, path=None, on_missing_subject
     _check_policy(on_missing_subject)
     rel = f"muse/{corpus}/knowmem/{split}.json"
     src, rows = _load_rows(f"MUSE {corpus} knowmem {split!r}", path=path, root=root, rel=rel)
-    facts = [Fact(question=_field(r, "question", "str", src, w), answer=_field(r, "answer", "str", src, w),
+    facts = [Fact(question=_field(r, "question", "str", src, w), answer=_field(r, "answer", "answer", src, w),
                   split=f"muse/{corpus}/knowmem/{split}", index=i) for i, (w, r) in enumerate(rows)]
     return _apply_subjects(facts, [locate_entity_subject(f.question) for f in facts], on_missing_subject, src)
 
@@ -577,7 +612,7 @@ def load_muse_verbmem(corpus, root=None, *, path=None) -> list[Fact]:
     src, rows = _load_rows(f"MUSE {corpus} verbmem", path=path, root=root,
                            rel=f"muse/{corpus}/verbmem/forget.json",
                            hub=(MUSE_CORPORA[corpus], "verbmem", "forget"))
-    return [Fact(question=_field(r, "prompt", "str", src, w), answer=_field(r, "gt", "str", src, w),
+    return [Fact(question=_field(r, "prompt", "str", src, w), answer=_field(r, "gt", "answer", src, w),
                  split=f"muse/{corpus}/verbmem/forget", index=i) for i, (w, r) in enumerate(rows)]
 
 
@@ -593,7 +628,7 @@ def load_whp(root=None, *, path=None, on_missing_subject="keep") -> list[Fact]:
     facts = []
     for i, (w, rec) in enumerate(rows):
         p = _field(rec, "prompt", "dict", src, w)
-        refs = _field(p, "references", "list[str]", src, w, prefix="prompt.")
+        refs = _field(p, "references", "list[answer]", src, w, prefix="prompt.")
         if not refs:
             raise DataError(f"{src}: {w}: field 'prompt.references' must not be empty")
         facts.append(Fact(question=_field(p, "prompt", "str", src, w, prefix="prompt."), answer=refs[0],
@@ -609,8 +644,8 @@ def load_whp_trivia(root=None, *, path=None, on_missing_subject="keep") -> list[
     answer. Local only: `<root>/whp/harry_potter_trivia_502_v2.jsonl`."""
     _check_policy(on_missing_subject)
     src, rows = _load_rows("WHP trivia", path=path, root=root, rel="whp/harry_potter_trivia_502_v2.jsonl")
-    facts = [Fact(question=_field(r, "question", "str", src, w), answer=_field(r, "true_answer", "str", src, w),
-                  perturbed_answers=[_field(r, "false_answer", "str", src, w)],
+    facts = [Fact(question=_field(r, "question", "str", src, w), answer=_field(r, "true_answer", "answer", src, w),
+                  perturbed_answers=[_field(r, "false_answer", "answer", src, w)],
                   split="whp/trivia", index=i) for i, (w, r) in enumerate(rows)]
     return _apply_subjects(facts, [locate_entity_subject(f.question) for f in facts], on_missing_subject, src)
 
@@ -636,6 +671,8 @@ def load_wmdp(config="wmdp-bio", root=None, *, path=None, on_missing_subject="ke
         k = _field(r, "answer", "int", src, w)
         if not 0 <= k < len(choices):
             raise DataError(f"{src}: {w}: field 'answer' = {k} is not an index into {len(choices)} choices")
+        if not choices[k].strip():
+            raise DataError(f"{src}: {w}: field 'choices' item {k} (the answer) must be a non-empty string")
         facts.append(Fact(question=_field(r, "question", "str", src, w), answer=choices[k],
                           perturbed_answers=[c for j, c in enumerate(choices) if j != k],
                           split=f"wmdp/{config}", index=i, extra={"choices": choices, "answer_index": k}))

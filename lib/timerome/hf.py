@@ -55,7 +55,7 @@ from pathlib import Path
 
 import torch
 
-from .backbones import ADAPTERS, Adapter, Backbone
+from .backbones import ADAPTERS, Adapter, Backbone, as_dtype
 
 __all__ = [
     "BackboneLoadError",
@@ -354,11 +354,7 @@ def load_hf_backbone(name_or_path, *, trust_remote_code=False, device=None, dtyp
 
 
 def _as_dtype(dtype):
-    if isinstance(dtype, str):
-        if dtype == "auto":
-            return dtype
-        return getattr(torch, dtype.replace("torch.", ""))
-    return dtype
+    return as_dtype(dtype, allow_auto=True)
 
 
 def _transformers_version() -> str:

@@ -53,6 +53,7 @@ FORMAT = "timerome-edit-memory"
 FORMAT_VERSION = 1
 TENSORS_FILE, META_FILE = "memory.safetensors", "memory.json"
 DEFAULT_TARGET = "I don't know."
+_META_FIELDS = ("layer", "module", "alpha", "lam", "q", "keys", "backbone", "hidden_size", "n_facts", "target")
 GRAM_FORMS = ("auto", "facts", "hidden")  # which ridge Gram matrix is factorised (see the module docstring)
 
 
@@ -71,7 +72,8 @@ def _finite_matrix(x, name) -> torch.Tensor:
     if not torch.isfinite(x).all():
         bad = (~torch.isfinite(x)).any(1).nonzero().flatten()[:5].tolist()
         raise ValueError(f"{name} has non-finite entries (rows {bad}...)")
-    return x.to(torch.float64)
+    # a copy even when x is already float64: the memory shifts its rows in place (`remove`)
+    return x.to(torch.float64, copy=True)
 
 
 def _positive(x, name) -> float:
@@ -315,6 +317,7 @@ class EditMemory:
                              "use EditMemory.empty(hidden_size, ...) to start one for streaming inserts")
         if U.shape[1] == 0:
             raise ValueError("U and D have hidden size 0")
+        # U, D are the memory's own copies (`_finite_matrix`): `remove` shifts their rows in place
         self._setup(U, D.to(U.device), keys, lam=lam, alpha=alpha, q=q, layer=layer, module=module,
                     backbone_id=backbone_id, target=target, gram=gram)
 
@@ -476,8 +479,7 @@ class EditMemory:
         c = x @ W.T
         n = c.shape[-1]
         if 0 < self.q < n:  # TopQ: per token, keep the q largest |c|
-            idx = c.abs().topk(self.q, dim=-1, sorted=False).indices
-            val = c.gather(-1, idx)
+            val, idx = self._top_q(x, c)
             if 8 * self.q <= n:  # few of many: gather q rows of αD per token, not an |F|-wide matmul
                 out = val[..., :1] * Da[idx[..., 0]]
                 for j in range(1, self.q):
@@ -485,6 +487,14 @@ class EditMemory:
                 return out
             c = torch.zeros_like(c).scatter_(-1, idx, val)
         return c @ Da
+
+    def _top_q(self, x, c):
+        """(values, indices) of the q largest |c| per token. Ranked on float64 coefficients with
+        ties to the lower index (a stable sort), so float32 round-off (which varies with the BLAS
+        thread count) cannot swap two nearly equal coefficients."""
+        rank = c if c.dtype == torch.float64 else x.double() @ self._compiled(x.device, torch.float64)[0].T
+        idx = rank.abs().sort(dim=-1, descending=True, stable=True).indices[..., :self.q]
+        return c.gather(-1, idx), idx
 
     def installed(self, backbone, layer=None, module=None, steps=None):
         """Context manager: the edit on ``backbone`` at (layer, module), every position; ``steps``
@@ -609,13 +619,27 @@ class EditMemory:
         path = Path(path)
         if not (path / META_FILE).is_file() or not (path / TENSORS_FILE).is_file():
             raise FileNotFoundError(f"{path} is not a saved edit memory (needs {META_FILE} and {TENSORS_FILE})")
-        meta = json.loads((path / META_FILE).read_text())
-        if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path / META_FILE}: not a {FORMAT} v{FORMAT_VERSION} file "
-                             f"(format={meta.get('format')!r}, version={meta.get('version')!r})")
-        t = load_file(str(path / TENSORS_FILE))
+        meta_file, tensors_file = path / META_FILE, path / TENSORS_FILE
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{meta_file}: corrupt edit-memory metadata, not valid JSON ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+            got = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"{meta_file}: not a {FORMAT} v{FORMAT_VERSION} file (format, version = {got!r})")
+        missing = [f for f in _META_FIELDS if f not in meta]
+        if missing:
+            raise ValueError(f"{meta_file}: corrupt edit-memory metadata, missing field(s) {missing}")
+        try:
+            t = load_file(str(tensors_file))
+        except Exception as e:  # safetensors raises its own error types for a truncated/garbled file
+            raise ValueError(f"{tensors_file}: corrupt edit-memory tensors ({type(e).__name__}: {e})") from None
+        if set(t) != {"U", "D"}:
+            raise ValueError(f"{tensors_file}: expected tensors U and D, found {sorted(t)}")
         U, D = t["U"], t["D"]
         n, H = meta["n_facts"], meta["hidden_size"]
+        if not isinstance(meta["keys"], list) or len(meta["keys"]) != n:
+            raise ValueError(f"{meta_file}: field 'keys' must be a list of n_facts={n!r} fact keys")
         if tuple(U.shape) != (n, H) or tuple(D.shape) != (n, H):
             raise ValueError(f"{path}: U {tuple(U.shape)} / D {tuple(D.shape)} disagree with the metadata "
                              f"({n} facts, hidden size {H})")
@@ -625,10 +649,10 @@ class EditMemory:
         common = dict(lam=meta["lam"], alpha=meta["alpha"], q=meta["q"], layer=meta["layer"],
                       module=meta["module"], backbone_id=meta["backbone"], target=meta["target"],
                       gram=meta.get("gram", "auto"))
-        if n == 0:
-            mem = cls.empty(H, **common)
-        else:
-            mem = cls(U, D, keys=meta["keys"], **common)
+        try:  # a bad value (lam: "abc", module: "x", ...) is the file's fault: say which file
+            mem = cls.empty(H, **common) if n == 0 else cls(U, D, keys=meta["keys"], **common)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{meta_file}: {e}") from e
         mem.skipped = list(meta.get("skipped", []))
         return mem
 

@@ -1,8 +1,15 @@
-"""Exports: one figure style, figures as PDF + PNG, tables as CSV (full precision) + LaTeX.
+"""Exports: one figure style, figures as PDF + PNG, tables as CSV + LaTeX, small JSON results.
 
-Outputs are written atomically (temp file in the same folder, then rename) and without
-timestamps, so re-running a notebook on the same machine gives byte-identical files and a crash
-or Ctrl-C never leaves a half-written one.
+Outputs are written atomically (a hidden temp file ``.<name>.<random>.tmp`` in the same folder,
+then rename) and without timestamps, so re-running a notebook gives byte-identical files and a
+crash or Ctrl-C never leaves a half-written one. Files get the umask's mode (0666 & ~umask, as
+``open`` would), not mkstemp's private 0600. Readers skip temporaries (`is_temporary`).
+
+Precision: floats in CSV (`save_table`) and JSON (`save_json`) are rounded to ``SIG_DIGITS`` (6)
+significant digits. float32 reductions differ by ~1e-7 relative between machines and thread
+counts; at 6 digits a re-run reproduces the file byte for byte unless a value lies within that
+error of a rounding boundary (a chance of about error / 1e-6, i.e. a few per cent of the values
+that differ at all). Floats are otherwise exact: ints, strings and NaN are written as they are.
 
 A table is one tidy frame of numbers: e.g. ``forget_lp``, ``forget_lp_std``, ``d_forget_lp``,
 ``p_forget_lp``. The CSV is that frame as is; the LaTeX is a view of it in which
@@ -36,17 +43,35 @@ def use_style():
     plt.rcParams.update(STYLE)
 
 
-def atomic_write(path, write) -> Path:
-    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path``.
+SIG_DIGITS = 6  # significant digits of exported floats (see the module docstring)
+TMP_SUFFIX = ".tmp"
 
-    The rename is atomic on POSIX, so readers see the old file or the new one, never a part.
+
+def is_temporary(path) -> bool:
+    """An `atomic_write` temporary (``.<name>.<random>.tmp``), left behind only by a SIGKILL."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write) -> Path:
+    """Call ``write(tmp)`` on a hidden temp file beside ``path``, then rename it over ``path``.
+
+    The rename is atomic on POSIX, so readers see the old file or the new one, never a part. The
+    file gets mode ``0666 & ~umask``; the temp file is removed if ``write`` fails.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -130,16 +155,43 @@ def latex_table(df, *, caption: str, label: str, pm=None, deltas=None, digits: i
     return view.to_latex(index=False, escape=False, column_format="".join(align), caption=caption, label=label)
 
 
+def round_sig(value, sig: int = SIG_DIGITS):
+    """``value`` rounded to ``sig`` significant digits; floats inside dicts, lists and tuples too
+    (numpy scalars become Python numbers); NaN, inf, ints, bools and strings stay as they are."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {k: round_sig(v, sig) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [round_sig(v, sig) for v in value]
+    if isinstance(value, np.generic) and not isinstance(value, (np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return float(f"{value:.{sig}g}") if math.isfinite(value) else value
+    return value
+
+
+def rounded_frame(df, sig: int = SIG_DIGITS):
+    """A copy of ``df`` whose float columns are rounded to ``sig`` significant digits."""
+    out = df.copy()
+    for col in out.columns:
+        if pd.api.types.is_float_dtype(out[col]):
+            out[col] = out[col].map(lambda v: round_sig(v, sig))
+    return out
+
+
 def save_table(df, name: str, tables_dir, *, caption: str, label: str, pm=None, deltas=None, digits: int = 2,
-               headers=None, formatters=None, float_format: str = "%.3f", index: bool = False) -> list[Path]:
-    """``tables_dir/name.csv`` (every column, full float precision) and ``name.tex`` (booktabs view)
-    from the same frame. Keyword arguments as in `latex_table`; ``index=True`` keeps the index as
-    the first column of both."""
+               headers=None, formatters=None, float_format: str = "%.3f", index: bool = False,
+               sig_digits: int = SIG_DIGITS) -> list[Path]:
+    """``tables_dir/name.csv`` (every column, floats at ``sig_digits`` significant digits) and
+    ``name.tex`` (booktabs view) from the same frame. Keyword arguments as in `latex_table`;
+    ``index=True`` keeps the index as the first column of both."""
     if index:
         df = df.reset_index()
     csv = Path(tables_dir) / f"{name}.csv"
-    # no float_format: pandas writes the shortest repr that round-trips, i.e. full precision
-    atomic_write(csv, lambda tmp: df.to_csv(tmp, index=False, lineterminator="\n"))
+    exported = rounded_frame(df, sig_digits)  # pandas then writes each rounded float's shortest repr
+    atomic_write(csv, lambda tmp: exported.to_csv(tmp, index=False, lineterminator="\n"))
     latex = latex_table(df, caption=caption, label=label, pm=pm, deltas=deltas, digits=digits, headers=headers,
                         formatters=formatters, float_format=float_format)
     tex = Path(tables_dir) / f"{name}.tex"
@@ -147,12 +199,13 @@ def save_table(df, name: str, tables_dir, *, caption: str, label: str, pm=None, 
     return [csv, tex]
 
 
-def save_json(obj, path) -> Path:
+def save_json(obj, path, *, sig_digits: int = SIG_DIGITS) -> Path:
     """A small JSON result (a chosen coordinate, tuned hyper-parameters) that later notebooks
-    read; sorted keys and a trailing newline, written atomically."""
+    read; floats at ``sig_digits`` significant digits, sorted keys, a trailing newline, written
+    atomically."""
     import json
 
-    text = json.dumps(obj, indent=1, sort_keys=True, default=float) + "\n"
+    text = json.dumps(round_sig(obj, sig_digits), indent=1, sort_keys=True, default=float) + "\n"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 

@@ -7,8 +7,10 @@
     python -m timerome.run 02 --slurm --gpus 1   # ... or one Slurm job per run (submitit)
     python -m timerome.run --list                # what would run, what is up to date
 
-Parameters come from ``params/<profile>/<notebook>.yaml`` and are checked against the
-notebook's ``parameters`` cell before anything runs. A file may add a sweep::
+Parameters come from ``params/<profile>/<notebook>.yaml`` and are checked before anything runs
+against the notebook's ``parameters`` cell (names) and ``params/schema.yaml`` (types, ranges,
+null; its header documents the format); errors name the file, line and key. A key given twice is
+an error, and so is ``figures_dir``/``tables_dir``: the runner sets them. A file may add a sweep::
 
     alpha: 1.0
     grid: {seed: [0, 1, 2], q: [2, 4]}      # 6 runs: every combination
@@ -20,11 +22,20 @@ Where things go:
 * plain file, another profile: ``runs/<profile>/notebooks/``, ``runs/<profile>/{figures,tables}/``;
 * grid: each run in ``runs/<profile>/<notebook>/<run-id>/`` (executed notebook, figures/, tables/).
 
-Every run leaves a ``manifest.json`` (params, key, git commit, package versions, machine, wall
-time, status, outputs) and a ``log.txt`` in its record folder (``runs/<profile>/<notebook>/`` for
+A run writes into a staging folder (``<record folder>/staging``) and its figures, tables and
+executed notebook are moved into place only if it succeeds: a failed run publishes nothing and
+keeps its staging folder and partial notebook for debugging. A notebook that reads a file
+(named in its code or params) published by a notebook that failed earlier in the same
+invocation does not run; it is reported as skipped. Every kernel runs with a fixed thread count
+(``--threads``, else ``$TIMEROME_THREADS``, else 2; OMP/MKL/OpenBLAS variables, recorded in the
+manifest), so float32 reductions sum in the same order on every re-run.
+
+Every run leaves a ``manifest.json`` (params, key, git commit, package versions, machine, threads,
+wall time, status, outputs) and a ``log.txt`` in its record folder (``runs/<profile>/<notebook>/`` for
 a plain file, the run folder for a grid run). A run whose manifest says ``ok`` under the same key
 is skipped; the key hashes the notebook's code, the run's params, the library source under
-``lib/``, the model weights its params name, and the tables of earlier notebooks it reads. So an
+``lib/``, the model weights its params name (whole-file sha256, cached by path, size and mtime
+in ``runs/hash-cache.json``), and the tables of earlier notebooks it reads. So an
 interrupted sweep resumes where it stopped (``--force`` re-runs anyway). A failed run is
 reported with its log and the others go on; the exit status is non-zero if any failed. After
 runs that all succeeded, the claims ledger (``params/claims.yaml`` -> ``claims.{md,csv}`` in the
@@ -58,6 +69,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PROFILE = "tiny"
 GRID = "grid"  # reserved top-level key of a parameter file
+RUNNER_SET = ("figures_dir", "tables_dir")  # parameters the runner sets; a parameter file may not
+THREADS_ENV = "TIMEROME_THREADS"  # threads of every run's kernel (default 2), see `thread_env`
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", THREADS_ENV)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
 PACKAGES = ("timerome", "torch", "transformers", "numpy", "scipy", "pandas", "matplotlib", "papermill",
             "nbclient", "ipykernel", "submitit")
@@ -73,20 +87,66 @@ def params_file(nb: Path, profile: str, repo: Path = REPO) -> Path:
     return repo / "params" / profile / f"{nb.stem}.yaml"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that rejects a key given twice in one mapping (YAML's default: last wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` may be overridden on purpose
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (first given on "
+                                                            f"line {seen[key]})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:
+                continue  # an unhashable key: SafeLoader raises its own error below
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path) -> tuple[object, dict[str, int]]:
+    """``(data, lines)`` of a YAML file with unique keys; ``lines`` maps every mapping key, dotted
+    (``grid.seed``, ``02_canonical_tofu.n_mc.min``), to its 1-based line."""
+    loader = _UniqueKeyLoader(path.read_text())
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    lines = {}
+
+    def visit(n, prefix):
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                if isinstance(k, yaml.ScalarNode):
+                    lines.setdefault(prefix + k.value, k.start_mark.line + 1)
+                    visit(v, f"{prefix}{k.value}.")
+
+    visit(node, "")
+    return data, lines
+
+
 def load_params(nb: Path, profile: str, repo: Path = REPO) -> dict:
     """The validated parameter file of ``nb`` (a ``grid`` entry, if any, is kept as is)."""
     path = params_file(nb, profile, repo)
     if not path.exists():
         raise FileNotFoundError(f"no parameter file for notebook {nb.name} in profile {profile!r}: expected {path}")
-    try:
-        params = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    params, lines = read_yaml(path)
+    params = {} if params is None else params
     if not isinstance(params, dict):
         raise ValueError(f"{path}: top level must be a mapping of parameter names to values, got {type(params).__name__}")
-    validate_params(nb, {k: v for k, v in params.items() if k != GRID}, path)
+    for key in RUNNER_SET:
+        for where in (key, f"{GRID}.{key}"):
+            if where in lines:
+                raise ValueError(f"{path}:{lines[where]}: {key!r} is set by the runner (the run's staging folder, "
+                                 f"then {output_dirs(profile, repo)[key[:-4]]} or the grid run's folder); remove it")
+    validate_params(nb, {k: v for k, v in params.items() if k != GRID}, path, lines)
     if GRID in params:
-        validate_grid(nb, params, path)
+        validate_grid(nb, params, path, lines)
     return params
 
 
@@ -115,20 +175,111 @@ def _type_ok(default, value) -> bool:
     return isinstance(value, type(default))
 
 
-def validate_params(nb: Path, params: dict, source: Path | str = "params") -> None:
-    """Unknown names and wrong types fail before anything runs, naming the file and the key."""
-    defaults = notebook_parameters(nb)
+# --- the parameter schema (params/schema.yaml) --------------------------------------------------
+
+SCHEMA_TYPES = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+                "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                "str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
+                "list": lambda v: isinstance(v, list), "dict": lambda v: isinstance(v, dict), "any": lambda v: True}
+SCHEMA_KEYS = {"type", "nullable", "min", "max", "gt", "choices", "min_len", "len", "items", "fields", "output", "doc"}
+
+
+def schema_file(nb: Path) -> Path:
+    return nb.parent.parent / "params" / "schema.yaml"
+
+
+def load_schema(nb: Path) -> dict | None:
+    """``{parameter: spec}`` of ``nb`` from ``params/schema.yaml``, checked against the notebook's
+    parameters cell (every parameter typed, its default valid); None if the repo has no schema."""
+    path = schema_file(nb)
+    if not path.is_file():
+        return None
+    data, lines = read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get(nb.stem), dict):
+        raise ValueError(f"{path}: no mapping for notebook {nb.stem!r}: every notebook's parameters need a spec")
+    schema, defaults = data[nb.stem], notebook_parameters(nb)
+    at = lambda key: f"{path}:{lines.get(f'{nb.stem}.{key}', lines.get(nb.stem, '?'))}"
+    for key, spec in schema.items():
+        if key not in defaults:
+            raise ValueError(f"{at(key)}: {nb.stem}.{key}: not a parameter of {nb.name} ({sorted(defaults)})")
+        _check_spec(spec, f"{at(key)}: {nb.stem}.{key}")
+        check_value(defaults[key], spec, f"{at(key)}: the default of {nb.stem}.{key} in {nb.name}")
+    for key in sorted(set(defaults) - set(schema) - set(RUNNER_SET)):
+        raise ValueError(f"{path}:{lines[nb.stem]}: {nb.stem}: parameter {key!r} of the notebook has no spec")
+    return schema
+
+
+def _check_spec(spec, where: str) -> None:
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: a spec must be a mapping such as {{type: int, min: 1}}, got {spec!r}")
+    unknown = sorted(set(spec) - SCHEMA_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown spec key(s) {unknown}; known: {sorted(SCHEMA_KEYS)}")
+    if spec.get("type", "any") not in SCHEMA_TYPES:
+        raise ValueError(f"{where}: type must be one of {sorted(SCHEMA_TYPES)}, got {spec.get('type')!r}")
+    if "items" in spec:
+        _check_spec(spec["items"], f"{where}.items")
+    for i, field_spec in enumerate(spec.get("fields", [])):
+        _check_spec(field_spec, f"{where}.fields[{i}]")
+
+
+def check_value(value, spec: dict, where: str) -> None:
+    """Raise TypeError (wrong type) or ValueError (out of range) naming ``where``."""
+    kind = spec.get("type", "any")
+    if value is None:
+        if spec.get("nullable") or kind == "any":
+            return
+        raise TypeError(f"{where} must be {kind}, not null")
+    if not SCHEMA_TYPES[kind](value):
+        raise TypeError(f"{where} must be {kind}{' or null' if spec.get('nullable') else ''}, "
+                        f"got {type(value).__name__} {value!r}")
+    if "choices" in spec and value not in spec["choices"]:
+        raise ValueError(f"{where} must be one of {spec['choices']}, got {value!r}")
+    for bound, ok, word in (("min", lambda b: value >= b, ">="), ("max", lambda b: value <= b, "<="),
+                            ("gt", lambda b: value > b, ">")):
+        if bound in spec and not ok(spec[bound]):
+            raise ValueError(f"{where} must be {word} {spec[bound]}, got {value!r}")
+    if "min_len" in spec and len(value) < spec["min_len"]:
+        raise ValueError(f"{where} must have at least {spec['min_len']} element(s), got {value!r}")
+    n = spec.get("len", len(spec["fields"]) if "fields" in spec else None)
+    if n is not None and len(value) != n:
+        raise ValueError(f"{where} must have exactly {n} element(s), got {value!r}")
+    for i, v in enumerate(value if isinstance(value, list) else []):
+        if "fields" in spec:
+            check_value(v, spec["fields"][i], f"{where}[{i}]")
+        elif "items" in spec:
+            check_value(v, spec["items"], f"{where}[{i}]")
+
+
+def output_parameters(nb: Path) -> list[str]:
+    """Parameters the schema marks ``output: true``: files the notebook writes outside tables_dir
+    (e.g. 02's ``hparams_file``); the runner stages them with the run's tables."""
+    return [k for k, spec in (load_schema(nb) or {}).items() if spec.get("output")]
+
+
+def validate_params(nb: Path, params: dict, source: Path | str = "params", lines: dict | None = None,
+                    prefix: str = "") -> None:
+    """Unknown names, wrong types and out-of-range values fail before anything runs, naming the
+    file, the line and the key. Types and ranges come from ``params/schema.yaml``; a repo without
+    one gets the types of the notebook's defaults (None: any)."""
+    defaults, schema, lines = notebook_parameters(nb), load_schema(nb), lines or {}
     unknown = sorted(set(params) - set(defaults))
     if unknown:
-        raise ValueError(f"{source}: unknown parameter(s) {unknown} for {nb.name}; it accepts {sorted(defaults)}")
+        line = lines.get(prefix + unknown[0])
+        raise ValueError(f"{source}{f':{line}' if line else ''}: unknown parameter(s) {unknown} for {nb.name}; "
+                         f"it accepts {sorted(defaults)}")
     for key, value in params.items():
-        if not _type_ok(defaults[key], value):
-            raise TypeError(f"{source}: parameter {key!r} of {nb.name} must be {type(defaults[key]).__name__} "
-                            f"(default {defaults[key]!r}), got {type(value).__name__} {value!r}")
+        line = lines.get(prefix + key)
+        where = f"{source}{f':{line}' if line else ''}: parameter {key!r} of {nb.name}"
+        if schema is not None and key in schema:
+            check_value(value, schema[key], where)
+        elif not _type_ok(defaults[key], value):
+            raise TypeError(f"{where} must be {type(defaults[key]).__name__} (default {defaults[key]!r}), "
+                            f"got {type(value).__name__} {value!r}")
 
 
-def validate_grid(nb: Path, params: dict, source: Path | str = "params") -> None:
-    grid = params[GRID]
+def validate_grid(nb: Path, params: dict, source: Path | str = "params", lines: dict | None = None) -> None:
+    grid, lines = params[GRID], lines or {}
     if not isinstance(grid, dict) or not grid:
         raise ValueError(f"{source}: {GRID!r} must be a non-empty mapping of parameter -> list of values, "
                          f"got {grid!r}")
@@ -138,7 +289,7 @@ def validate_grid(nb: Path, params: dict, source: Path | str = "params") -> None
         if key in params:
             raise ValueError(f"{source}: {key!r} is both a fixed parameter and a {GRID} axis; keep one")
         for v in values:
-            validate_params(nb, {key: v}, f"{source} ({GRID}.{key})")
+            validate_params(nb, {key: v}, f"{source} ({GRID}.{key})", lines, prefix=f"{GRID}.")
 
 
 def _slug(value) -> str:
@@ -189,21 +340,42 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def file_hash(path: Path, whole_below: int = 256 << 20) -> str:
-    """sha256 of the file; above ``whole_below`` bytes (8B checkpoints) of its size, head and tail,
-    which a re-trained checkpoint of the same shape still changes (its first and last tensors)."""
+def file_hash(path: Path) -> str:
+    """sha256 of the whole file (use `HashCache` for big files that rarely change)."""
     h = hashlib.sha256()
-    size = path.stat().st_size
     with open(path, "rb") as f:
-        if size <= whole_below:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        else:
-            h.update(str(size).encode())
-            h.update(f.read(4 << 20))
-            f.seek(size - (4 << 20))
-            h.update(f.read())
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
     return h.hexdigest()
+
+
+class HashCache:
+    """`file_hash` digests kept in a small JSON file (``runs/hash-cache.json``) by (absolute path,
+    size, mtime_ns), so an 8B checkpoint is read once, not at every invocation. A file whose size or
+    mtime changed is hashed again; an unreadable cache file is ignored."""
+
+    def __init__(self, path: Path):
+        self.path, self.dirty = path, False
+        try:
+            self.entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def hash(self, f: Path) -> str:
+        st, key = f.stat(), str(Path(f).resolve())
+        entry = self.entries.get(key)
+        if isinstance(entry, list) and entry[:2] == [st.st_size, st.st_mtime_ns]:
+            return entry[2]
+        digest = file_hash(f)
+        self.entries[key], self.dirty = [st.st_size, st.st_mtime_ns, digest], True
+        return digest
+
+    def save(self) -> None:
+        if self.dirty:
+            from timerome.report import atomic_write
+            text = json.dumps(self.entries, indent=0, sort_keys=True) + "\n"
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+            self.dirty = False
 
 
 def notebook_code_hash(nb: Path) -> str:
@@ -223,7 +395,7 @@ def weights_used(params: dict, nb: Path, repo: Path = REPO) -> dict[str, str]:
     """Weight files named by the params: an embedded model name (``tiny-mdlm``) or a local file
     or folder of ``*.safetensors``/``*.bin``/... (relative to the notebook, as the kernel sees
     it). Hub ids are part of the params themselves."""
-    found = {}
+    found, cache = {}, HashCache(repo / "runs" / "hash-cache.json")
 
     def visit(v):
         if isinstance(v, dict):
@@ -237,11 +409,12 @@ def weights_used(params: dict, nb: Path, repo: Path = REPO) -> dict[str, str]:
                 files = [path] if path.is_file() else sorted(path.iterdir()) if path.is_dir() else []
                 files = [f for f in files if f.is_file() and f.suffix in WEIGHT_SUFFIXES]
                 for f in files:
-                    found[os.path.relpath(f, repo)] = file_hash(f)
+                    found[os.path.relpath(f, repo)] = cache.hash(f)
                 if files:
                     return
 
     visit(params)
+    cache.save()
     return dict(sorted(found.items()))
 
 
@@ -269,13 +442,20 @@ class Run:
     notebook: Path
     profile: str
     run_id: str | None          # None: the plain (non-grid) run
-    params: dict                # as given to papermill, incl. figures_dir / tables_dir
+    params: dict                # incl. figures_dir / tables_dir where the outputs are published
     executed: Path              # where the executed notebook goes
     figures: Path
     tables: Path
     record: Path                # manifest.json and log.txt
     key_parts: dict = field(default_factory=dict)
-    inputs: dict = field(default_factory=dict)  # upstream files copied into a grid run's tables/
+    inputs: dict = field(default_factory=dict)  # upstream files copied into the staged tables/
+    threads: int = 2            # OMP/MKL/torch threads of the kernel (see `thread_env`)
+    output_params: list = field(default_factory=list)  # params naming files it writes (schema `output`)
+
+    @property
+    def stage(self) -> Path:
+        """Where the run writes; its files are moved to their published places only on success."""
+        return self.record / "staging"
 
     @property
     def name(self) -> str:
@@ -302,9 +482,18 @@ def read_manifest(folder: Path) -> dict | None:
         return None  # never run, or unreadable: run again
 
 
-def plan(nb: Path, profile: str, params: dict, repo: Path = REPO, lib_hash: str | None = None) -> list[Run]:
+def default_threads() -> int:
+    """``$TIMEROME_THREADS``, else 2: the thread count every run gets unless ``--threads`` says."""
+    value = os.environ.get(THREADS_ENV, "2")
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"{THREADS_ENV}={value!r}: expected a positive integer")
+    return int(value)
+
+
+def plan(nb: Path, profile: str, params: dict, repo: Path = REPO, lib_hash: str | None = None,
+         threads: int | None = None) -> list[Run]:
     """The runs of one notebook, with their folders and up-to-date keys (nothing executes)."""
-    lib_hash = lib_hash or library_hash(repo)
+    lib_hash, threads = lib_hash or library_hash(repo), threads or default_threads()
     code, defaults = notebook_code_hash(nb), notebook_parameters(nb)
     inputs = upstream_inputs(nb, profile, repo)
     shared = output_dirs(profile, repo)
@@ -320,7 +509,7 @@ def plan(nb: Path, profile: str, params: dict, repo: Path = REPO, lib_hash: str 
         key_parts = {"notebook": code, "params": p, "lib": lib_hash,
                      "weights": weights_used({**defaults, **p}, nb, repo), "inputs": inputs}
         runs.append(Run(repo, nb, profile, run_id, p, executed, figures, tables, record_dir(nb, profile, run_id, repo),
-                        key_parts, inputs if run_id else {}))
+                        key_parts, inputs, threads, output_parameters(nb)))
     return runs
 
 
@@ -369,46 +558,143 @@ def write_manifest(run: Run, **fields) -> dict:
 
 # --- execution ---------------------------------------------------------------------------------
 
-def _files(folders, since_ns: int = 0) -> list[Path]:
-    return sorted(f for d in folders if d.is_dir() for f in d.iterdir()
-                  if f.is_file() and not f.name.startswith(".") and f.stat().st_mtime_ns >= since_ns)
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment variables that fix a kernel's thread count: OpenMP (torch's intra-op pool
+    reads it at start-up), MKL, OpenBLAS and ``TIMEROME_THREADS``. float32 reductions are summed in
+    a thread-dependent order, so a fixed count makes re-runs on one machine repeatable."""
+    return {var: str(threads) for var in THREAD_VARS}
+
+
+class _environ:
+    """Set environment variables for the duration of a ``with`` block (the kernel inherits them)."""
+
+    def __init__(self, values: dict[str, str]):
+        self.values, self.saved = values, {}
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.values}
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _staging(run: Run) -> tuple[dict, list[tuple[Path, Path]]]:
+    """Papermill's parameters pointing into ``run.stage``, and the ``(staged, published)`` folder or
+    file pairs that `publish` moves on success."""
+    nb_dir, stage = run.notebook.parent, run.stage
+    params, moves = dict(run.params), [(stage / "figures", run.figures), (stage / "tables", run.tables)]
+    params["figures_dir"], params["tables_dir"] = (os.path.relpath(d, nb_dir) for d, _ in moves)
+    given = {**notebook_parameters(run.notebook), **run.params}
+    for key in run.output_params:
+        if isinstance(given.get(key), str):
+            target = Path(os.path.normpath(nb_dir / given[key]))
+            staged = stage / "files" / key / target.name
+            params[key] = os.path.relpath(staged, nb_dir)
+            moves.append((staged, target))
+    return params, moves
+
+
+def _move(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dst)  # atomic; staging and outputs normally share a file system
+    except OSError:
+        from timerome.report import atomic_write
+        atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+        src.unlink()
+
+
+def staged_files(moves) -> list[tuple[Path, Path]]:
+    """``(staged file, published path)`` of every file under the staged folders (temporaries and
+    other hidden files excluded)."""
+    pairs = []
+    for src, dst in moves:
+        if src.is_file():
+            pairs.append((src, dst))
+        elif src.is_dir():
+            pairs += [(f, dst / f.relative_to(src)) for f in sorted(src.rglob("*"))
+                      if f.is_file() and not any(part.startswith(".") for part in f.relative_to(src).parts)]
+    return pairs
+
+
+def publish(run: Run, moves) -> list[str]:
+    """Move the staged files into place; the published paths (relative to the repo) of those that
+    are outputs, i.e. not an unchanged copy of an upstream input."""
+    copied = {Path(src).name: h for src, h in run.inputs.items()}
+    outputs = []
+    for src, dst in staged_files(moves):
+        if src.parent == run.stage / "tables" and copied.get(src.name) == file_hash(src):
+            if dst.is_file() and file_hash(dst) == copied[src.name]:
+                src.unlink()  # a plain run's input, back where it came from: leave the original alone
+                continue
+        else:
+            outputs.append(os.path.relpath(dst, run.repo))
+        _move(src, dst)
+    return sorted(outputs)
+
+
+def _published_params(done, run: Run) -> None:
+    """Make the executed notebook show the published folders, not the staging ones, so that it
+    re-runs from any checkout (nbval in CI) and reads as if run in place."""
+    from papermill.translators import translate_parameters
+
+    for cell in done.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell.source = translate_parameters("python3", "python", run.params, "Parameters")
+    done.metadata.setdefault("papermill", {})["parameters"] = run.params
+    done.metadata["papermill"]["output_path"] = str(run.executed)  # not the partial file
 
 
 def execute_run(run: Run) -> dict:
     """Execute one run and return its manifest; an error in the notebook is recorded, not raised.
 
+    The notebook writes into ``run.stage`` (figures_dir, tables_dir and `output` parameters point
+    there; paths it reads, such as ``coordinate_file: ../tables/...``, still name the published
+    files). Only if it succeeds are the staged files moved into place, then the executed copy
+    replaced. On failure nothing is published: the old files stay, the staging folder and the
+    partial notebook are kept beside the log for debugging (and cleared at the next attempt).
     The manifest says ``running`` until the end, so a crash or Ctrl-C leaves a run that the next
-    invocation repeats. The notebook executes into a partial file beside the log and replaces the
-    executed copy only once it finished, so the executed copy is never half-run.
+    invocation repeats; ``outputs`` always lists what is published (on failure, the last
+    success's files).
     """
     import papermill as pm
 
     from timerome.report import atomic_write
 
     repo = run.repo
+    previous = read_manifest(run.record) or {}
+    published_before = previous.get("outputs", [])
     run.record.mkdir(parents=True, exist_ok=True)
-    for d in (run.executed.parent, run.figures, run.tables):
-        d.mkdir(parents=True, exist_ok=True)
-    for src in run.inputs:  # a grid run reads earlier notebooks' tables from its own tables/
-        shutil.copy2(repo / src, run.tables / Path(src).name)
+    shutil.rmtree(run.stage, ignore_errors=True)
+    params, moves = _staging(run)
+    for i, (staged, _) in enumerate(moves):
+        (staged if i < 2 else staged.parent).mkdir(parents=True, exist_ok=True)  # folders, then files' folders
+    for src in run.inputs:  # a run reads earlier notebooks' tables from its own (staged) tables/
+        shutil.copy2(repo / src, run.stage / "tables" / Path(src).name)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_manifest(run, status="running", started=started, git_commit=git_commit(repo),
-                   packages=package_versions(), machine=machine())
+    write_manifest(run, status="running", started=started, threads=run.threads, git_commit=git_commit(repo),
+                   packages=package_versions(), machine=machine(), outputs=published_before)
     partial = run.record / f"{run.notebook.stem}.partial.ipynb"
     handler = logging.FileHandler(run.log, mode="w")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger = logging.getLogger("papermill")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    t0_ns, t0 = time.time_ns(), time.perf_counter()
-    status, error = "ok", None
+    t0 = time.perf_counter()
+    status, error, outputs = "ok", None, published_before
     try:
-        pm.execute_notebook(str(run.notebook), str(partial), parameters=run.params, cwd=str(run.notebook.parent),
-                            kernel_name="python3", language="python", progress_bar=False, log_output=True)
+        with _environ(thread_env(run.threads)):
+            pm.execute_notebook(str(run.notebook), str(partial), parameters=params, cwd=str(run.notebook.parent),
+                                kernel_name="python3", language="python", progress_bar=False, log_output=True)
         done = nbformat.read(partial, as_version=4)
-        done.metadata.setdefault("papermill", {})["output_path"] = str(run.executed)  # not the partial file
+        _published_params(done, run)
+        outputs = publish(run, moves)
+        run.executed.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(run.executed, lambda tmp: nbformat.write(done, tmp))
         partial.unlink()
+        shutil.rmtree(run.stage, ignore_errors=True)
     except Exception as exc:  # the notebook failed: record it, the other runs go on
         status, error = "failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         logger.error(traceback.format_exc())
@@ -416,11 +702,11 @@ def execute_run(run: Run) -> dict:
         logger.removeHandler(handler)
         handler.close()
     wall = time.perf_counter() - t0
-    outputs = [os.path.relpath(f, repo) for f in _files({run.figures, run.tables}, since_ns=t0_ns)]
-    fields = dict(status=status, started=started, wall_s=round(wall, 3), git_commit=git_commit(repo),
-                  packages=package_versions(), machine=machine(), outputs=outputs)
+    fields = dict(status=status, started=started, wall_s=round(wall, 3), threads=run.threads,
+                  git_commit=git_commit(repo), packages=package_versions(), machine=machine(), outputs=outputs)
     if error:
-        fields.update(error=error, partial_notebook=str(partial))
+        staged = [os.path.relpath(dst, repo) for _, dst in staged_files(moves)]
+        fields.update(error=error, partial_notebook=str(partial), staging=str(run.stage), unpublished=staged)
     return write_manifest(run, **fields)
 
 
@@ -496,6 +782,15 @@ def run_submitit(runs: list[Run], folder: Path, *, cluster: str | None = None, j
 
 # --- command line ------------------------------------------------------------------------------
 
+def failed_upstream(nb: Path, params: dict, broken: dict[str, list[str] | None]) -> list[str]:
+    """The notebooks in ``broken`` (their plain run failed, or was skipped, in this invocation)
+    that ``nb`` reads: its code or params name one of the files they publish. A notebook whose
+    files are unknown (None: it never succeeded and staged nothing) counts as read by every later one."""
+    text = "\n".join(c.source for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code")
+    text += json.dumps(params)
+    return [stem for stem, names in broken.items() if names is None or any(n in text for n in names)]
+
+
 def main(argv=None, repo: Path = REPO):
     ap = argparse.ArgumentParser(prog="python -m timerome.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -512,7 +807,12 @@ def main(argv=None, repo: Path = REPO):
     ap.add_argument("--timeout-min", type=int, default=240, help="time limit per run in minutes (Slurm)")
     ap.add_argument("--log-output", action="store_true", help="print each run's cell output when it ends")
     ap.add_argument("--no-claims", action="store_true", help="do not rebuild the claims ledger after the runs")
+    ap.add_argument("--threads", type=int, default=None,
+                    help=f"threads of every run's kernel (default ${THREADS_ENV}, else 2)")
     args = ap.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    threads = args.threads or default_threads()
 
     if not (repo / "params" / args.profile).is_dir():
         raise SystemExit(f"unknown profile {args.profile!r}: no directory {repo / 'params' / args.profile}")
@@ -524,10 +824,11 @@ def main(argv=None, repo: Path = REPO):
     from tqdm import tqdm
 
     lib_hash = library_hash(repo)
-    failed, n_done, n_skipped, t0 = [], 0, 0, time.perf_counter()
+    failed, skipped, n_done, n_skipped, t0 = [], [], 0, 0, time.perf_counter()
+    broken: dict[str, list[str] | None] = {}  # failed/skipped notebook -> names of the files it publishes
     # notebooks in order, each one's runs in parallel: later notebooks read earlier ones' tables
     for nb in chosen:
-        runs = plan(nb, args.profile, all_params[nb], repo, lib_hash)  # after the earlier ones ran: their outputs
+        runs = plan(nb, args.profile, all_params[nb], repo, lib_hash, threads)  # after the earlier ones ran
         todo = [r for r in runs if args.force or not up_to_date(r)]
         n_skipped += len(runs) - len(todo)
         if args.list:
@@ -536,6 +837,14 @@ def main(argv=None, repo: Path = REPO):
             continue
         if not todo:
             print(f"{nb.stem}: {len(runs)} run(s) up to date", flush=True)
+            continue
+        upstream = failed_upstream(nb, all_params[nb], broken)
+        if upstream:
+            print(f"SKIPPED {nb.stem}: upstream {', '.join(upstream)} failed in this invocation", flush=True)
+            skipped += [f"{r.name} (upstream {', '.join(upstream)} failed)" for r in todo]
+            if any(r.run_id is None for r in todo):  # its tables are stale too: what reads them waits as well
+                old = read_manifest(record_dir(nb, args.profile, None, repo))
+                broken[nb.stem] = sorted({Path(f).name for f in old["outputs"]}) if old and "outputs" in old else None
             continue
         bar = tqdm(total=len(todo), desc=f"{nb.stem} ({args.profile})", unit="run", file=sys.stdout)
 
@@ -558,15 +867,20 @@ def main(argv=None, repo: Path = REPO):
         n_done += len(results)
         failed += [f"{m['run']} (log: {m.get('worker_log') or m['log']})"
                    for m in results if m["status"] != "ok"]
+        for r, m in zip(todo, results):
+            if r.run_id is None and m["status"] != "ok":
+                names = sorted({Path(f).name for f in m.get("outputs", []) + m.get("unpublished", [])})
+                broken[nb.stem] = names or None  # None: unknown
         if args.log_output:
             for r in todo:
                 print(r.log.read_text() if r.log.exists() else "", flush=True)
     if args.list:
         return
     wall = time.perf_counter() - t0
-    summary = f"{n_done} run(s) executed, {n_skipped} up to date, in {wall:.1f} s"
-    if failed:
-        raise SystemExit(f"{summary}; {len(failed)} failed:\n  " + "\n  ".join(failed))
+    summary = f"{n_done} run(s) executed, {n_skipped} up to date, in {wall:.1f} s ({threads} thread(s) each)"
+    if failed or skipped:
+        raise SystemExit(f"{summary}; {len(failed)} failed, {len(skipped)} skipped because an upstream notebook "
+                         f"failed:\n  " + "\n  ".join(failed + [f"skipped {s}" for s in skipped]))
     dirs = output_dirs(args.profile, repo)
     print(f"{summary}; figures in {dirs['figures']}, tables in {dirs['tables']} (sweeps: runs/{args.profile}/)")
     spec = repo / "params" / "claims.yaml"

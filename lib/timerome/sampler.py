@@ -40,6 +40,8 @@ def num_transfer_tokens(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
 
 def left_pad(prompts, pad_id: int, device=None):
     """List of token-id lists -> (ids [B, P], attention_mask [B, P]) padded on the left."""
+    if not len(prompts):
+        raise ValueError("no prompts to pad: the prompt list is empty")
     P = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
     att = torch.zeros((len(prompts), P), dtype=torch.long)
@@ -51,11 +53,13 @@ def left_pad(prompts, pad_id: int, device=None):
 
 
 def _confidence(logits, x0, remasking, temperature, generator):
+    """Per-position confidence, in float64: the commit order ranks these, and float32 round-off
+    would turn near-ties into exact ties (or swap them) depending on the machine."""
     if remasking == "random":
         return torch.rand(x0.shape, generator=generator, device=x0.device)
     if remasking == "maskgit_plus" and temperature > 0:  # Dream: prob under the sampling distribution
-        return F.softmax(logits / temperature, dim=-1).gather(-1, x0[..., None]).squeeze(-1)
-    p = F.softmax(logits.float(), dim=-1)
+        return F.softmax(logits.double() / temperature, dim=-1).gather(-1, x0[..., None]).squeeze(-1)
+    p = F.softmax(logits.double(), dim=-1)
     if remasking in ("low_confidence", "maskgit_plus"):
         return p.gather(-1, x0[..., None]).squeeze(-1)
     if remasking == "entropy":  # negative entropy: peaked distributions commit first
@@ -86,6 +90,11 @@ def generate(backbone, prompt_ids, *, gen_length: int, steps: int, block_length:
     if remasking not in REMASKING:
         raise ValueError(f"remasking={remasking!r}; expected one of {REMASKING}")
     block_length = gen_length if block_length is None else block_length
+    for name, v in (("gen_length", gen_length), ("steps", steps), ("block_length", block_length)):
+        if isinstance(v, bool) or not isinstance(v, int):  # 8.0 would fail later inside torch
+            raise TypeError(f"{name}={v!r} must be an int, got {type(v).__name__}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"temperature={temperature!r} must be a number >= 0 (0 = greedy)")
     if gen_length <= 0 or block_length <= 0 or gen_length % block_length:
         raise ValueError(f"gen_length={gen_length} must be a positive multiple of block_length={block_length}")
     n_blocks = gen_length // block_length
@@ -95,6 +104,8 @@ def generate(backbone, prompt_ids, *, gen_length: int, steps: int, block_length:
         raise ValueError(f"{backbone.name or 'this backbone'} is autoregressive; masked-diffusion sampling needs a bidirectional model")
 
     device = backbone.device
+    if len(prompt_ids) == 0:
+        raise ValueError("prompt_ids is empty: generate needs at least one prompt")
     if isinstance(prompt_ids, (list, tuple)):
         prompt_ids, attention_mask = left_pad(prompt_ids, backbone.pad_id, device)
     prompt_ids = prompt_ids.to(device)
@@ -136,10 +147,10 @@ def generate(backbone, prompt_ids, *, gen_length: int, steps: int, block_length:
                         alt = logits[bad].float()  # a copy of the offending positions only
                         alt[:, backbone.mask_id] = -torch.inf
                         x0[bad] = alt.argmax(-1)
-                conf = _confidence(logits, x0, remasking, temperature, generator).float()
+                conf = _confidence(logits, x0, remasking, temperature, generator).double()
                 conf = torch.where(masked, conf, torch.full_like(conf, -torch.inf))  # only this block's masks
                 n = schedule[:, i]
-                order = conf.argsort(dim=1, descending=True, stable=True)
+                order = conf.argsort(dim=1, descending=True, stable=True)  # exact ties: the lower position
                 take = torch.arange(x.shape[1], device=device)[None, :] < n[:, None]
                 commit = torch.zeros_like(masked)
                 commit[rows[:, None].expand_as(order)[take], order[take]] = True

@@ -198,7 +198,9 @@ def _commit(backbone, x, lg, lse, n: int, P: int) -> torch.Tensor:
         alt = lg[bad]
         alt[:, backbone.mask_id] = -torch.inf
         x0[bad] = alt.argmax(-1)
-    conf = (lg.gather(-1, x0[..., None]).squeeze(-1) - lse).exp().masked_fill(canvas != backbone.mask_id, -1.0)
+    # ranked in float64, as in the sampler: a near-tie is decided the same way on any machine
+    conf = (lg.gather(-1, x0[..., None]).squeeze(-1).double() - lse.double()).exp()
+    conf = conf.masked_fill(canvas != backbone.mask_id, -1.0)
     top = conf.argsort(dim=1, descending=True, stable=True)[:, :n]
     out = x.clone()
     out[:, P:] = canvas.scatter(1, top, x0.gather(1, top)).cpu()
