@@ -139,3 +139,15 @@ def test_temporaries_are_hidden_and_recognised(tmp_path):
     seen = []
     report.atomic_write(tmp_path / "t.csv", lambda tmp: seen.append(tmp) or open(tmp, "w").write("x"))
     assert report.is_temporary(seen[0]) and not report.is_temporary(tmp_path / "t.csv")
+
+
+def test_export_mismatches_compares_numbers_with_a_tolerance():
+    csv = "method,x,n\na,1.000000,3\nb,2.5,4\n"
+    assert report.export_mismatches(csv, csv, "csv") == []
+    assert report.export_mismatches("method,x,n\na,1.0000099,3\nb,2.5,4\n", csv, "csv") == []  # round-off
+    assert report.export_mismatches("method,x,n\na,1.01,3\nb,2.5,4\n", csv, "csv") == ["column x row 0: 1.01 != 1.0"]
+    assert report.export_mismatches("method,x,n\nc,1.0,3\nb,2.5,4\n", csv, "csv") == ["column method: text changed"]
+    assert "shape" in report.export_mismatches("method,x\na,1.0\n", csv, "csv")[0]
+    js = '{"layer": 0, "score": 27.654, "facts": ["a"]}'
+    assert report.export_mismatches('{"layer": 0, "score": 27.65401, "facts": ["a"]}', js, "json") == []
+    assert report.export_mismatches('{"layer": 1, "score": 27.654, "facts": ["a"]}', js, "json") == ["$.layer: 1 != 0"]

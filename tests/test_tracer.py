@@ -492,3 +492,14 @@ def test_clear_errors(bb):
             T.trace_tie(bb, FACTS, **bad)
     with pytest.raises(ValueError, match="window"):
         T.ar_positional_trace(bb, FACTS, window=0)
+
+
+def test_ranking_treats_round_off_as_ties():
+    """Objectives closer than TIE_RESOLUTION (float round-off of batched forwards) rank in index order."""
+    tie = np.zeros((1, 1, 3, 2))
+    tie[0, 0, :, 0] = [1e-6, 3e-6, 0.0]  # last-layer-like noise: all ties
+    tie[0, 0, 1, 1] = 0.5
+    tie[0, 0, 2, 1] = 0.5 + T.TIE_RESOLUTION / 10  # round-off above a real effect: a tie too
+    sel = T.select_coordinate(_synthetic(tie, modules=("resid",)))
+    assert [(c.layer, c.step) for c in sel.ranking] == [(1, 1), (2, 1), (0, 0), (0, 1), (1, 0), (2, 0)]
+    assert sel.best.layer == 1 and sel.paper.layer == 1

@@ -6,10 +6,10 @@ crash or Ctrl-C never leaves a half-written one. Files get the umask's mode (066
 ``open`` would), not mkstemp's private 0600. Readers skip temporaries (`is_temporary`).
 
 Precision: floats in CSV (`save_table`) and JSON (`save_json`) are rounded to ``SIG_DIGITS`` (6)
-significant digits. float32 reductions differ by ~1e-7 relative between machines and thread
-counts; at 6 digits a re-run reproduces the file byte for byte unless a value lies within that
-error of a rounding boundary (a chance of about error / 1e-6, i.e. a few per cent of the values
-that differ at all). Floats are otherwise exact: ints, strings and NaN are written as they are.
+significant digits, so the same machine type and thread count reproduce a file byte for byte.
+float32 forwards differ in their last bits with the batch shape and thread count, and a value
+whose error reaches its 6th digit then differs there; `export_mismatches` compares two exports
+number by number with a tolerance instead. Ints, strings and NaN are written as they are.
 
 A table is one tidy frame of numbers: e.g. ``forget_lp``, ``forget_lp_std``, ``d_forget_lp``,
 ``p_forget_lp``. The CSV is that frame as is; the LaTeX is a view of it in which
@@ -207,6 +207,43 @@ def save_json(obj, path, *, sig_digits: int = SIG_DIGITS) -> Path:
 
     text = json.dumps(round_sig(obj, sig_digits), indent=1, sort_keys=True, default=float) + "\n"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def export_mismatches(now: str, then: str, kind: str, *, rtol: float = 1e-4, atol: float = 1e-5) -> list[str]:
+    """Where two exports of one table (``kind`` "csv" or "json", as text) differ: strings and the
+    shape exactly, numbers beyond ``atol + rtol * |then|``. Empty when they agree."""
+    import io
+    import json
+
+    out = []
+    if kind == "json":
+        def walk(a, b, where):
+            if isinstance(a, dict) and isinstance(b, dict):
+                if a.keys() != b.keys():
+                    out.append(f"{where}: keys {sorted(a)} != {sorted(b)}")
+                for k in a.keys() & b.keys():
+                    walk(a[k], b[k], f"{where}.{k}")
+            elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+                for i, (x, y) in enumerate(zip(a, b)):
+                    walk(x, y, f"{where}[{i}]")
+            elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+                if not (abs(a - b) <= atol + rtol * abs(b) or (math.isnan(a) and math.isnan(b))):
+                    out.append(f"{where}: {a} != {b}")
+            elif a != b:
+                out.append(f"{where}: {a!r} != {b!r}")
+        walk(json.loads(now), json.loads(then), "$")
+        return out
+    a, b = pd.read_csv(io.StringIO(now)), pd.read_csv(io.StringIO(then))
+    if list(a.columns) != list(b.columns) or a.shape != b.shape:
+        return [f"columns or shape changed: {list(a.columns)} {a.shape} vs {list(b.columns)} {b.shape}"]
+    for c in a.columns:
+        x, y = a[c], b[c]
+        if pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y):
+            bad = ~((x - y).abs() <= atol + rtol * y.abs()) & ~(x.isna() & y.isna())
+            out += [f"column {c} row {i}: {x[i]} != {y[i]}" for i in a.index[bad]]
+        elif x.fillna("").astype(str).tolist() != y.fillna("").astype(str).tolist():
+            out.append(f"column {c}: text changed")
+    return out
 
 
 # --- plotting helpers shared by the notebooks ---------------------------------------------------

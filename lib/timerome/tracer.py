@@ -53,6 +53,7 @@ from .backbones import KINDS
 from .hooks import edit_outputs
 from .sampler import _step_clock, num_transfer_tokens
 
+TIE_RESOLUTION = 1e-4  # nats: Eq. 5 objectives closer than this are ties (float round-off, not effects)
 _SENTINEL = "\ue000"  # a private-use character: marks where the question goes in the prompt
 
 
@@ -421,12 +422,16 @@ def select_coordinate(result: TIEResult, neighbours=None, beta: float = 0.0) -> 
         if nt.ndim != 4 or nt.shape[1:] != result.tie.shape[1:] or len(nt) == 0:
             raise ValueError(f"neighbour TIE of shape {nt.shape}; expected [N>0, {', '.join(map(str, objective.shape))}]")
         objective = objective - beta * np.abs(nt).mean(0)
-    cells = sorted(np.ndindex(objective.shape), key=lambda c: -objective[c])  # stable sort: ties in index order
+    # objectives within TIE_RESOLUTION nats tie (batched forwards differ by float round-off far below
+    # it), and ties go in index order: the ranking is the same on any machine and thread count
+    grid = np.round(objective / TIE_RESOLUTION)
+    cells = sorted(np.ndindex(objective.shape), key=lambda c: -grid[c])
     ranking = [Coordinate(result.modules[m], l, k, float(objective[m, l, k])) for m, l, k in cells]
     paper = None
     if "resid" in result.modules:  # Eq. 5 restricted to m = resid, then k* = -1 (every step)
         profile = objective[result.modules.index("resid")].max(1)
-        paper = Coordinate("resid", int(np.argmax(profile)), -1, float(profile.max()))
+        best = int(np.argmax(np.round(profile / TIE_RESOLUTION)))  # near-ties as in the ranking
+        paper = Coordinate("resid", best, -1, float(profile[best]))
     per_fact = []
     for fid, t in zip(result.fact_ids, result.tie):
         m, l, k = np.unravel_index(int(np.argmax(np.abs(t))), t.shape)
