@@ -29,6 +29,15 @@ def tiny_tokenizer():
     return train_tokenizer(texts, vocab_size=300)
 
 
+def scale_blocks(bb, factor=3.0):
+    """Scale the blocks' matrices: at a random init they barely move the residual stream."""
+    with torch.no_grad():
+        for p in bb.model.blocks.parameters():
+            if p.dim() == 2:
+                p.mul_(factor)
+    return bb
+
+
 def make_tiny_backbone(tokenizer, *, block="llama", causal=False, layers=2, d=32, seed=0):
     torch.manual_seed(seed)
     cfg = TinyConfig(vocab_size=len(tokenizer), n_layers=layers, d_model=d, n_heads=2, d_mlp=64,

@@ -10,7 +10,7 @@ from timerome.memory import EditMemory, GatedEdit, capture_keys
 from timerome.sampler import generate
 from timerome.tracer import SubjectError, subject_positions
 
-from conftest import make_tiny_backbone
+from conftest import make_tiny_backbone, scale_blocks
 
 LAYER = 1
 
@@ -56,12 +56,7 @@ def reference_delta(U, D, h, lam, alpha, q):
 
 @pytest.fixture
 def bb(tiny_tokenizer):
-    b = make_tiny_backbone(tiny_tokenizer, layers=3, d=32)
-    with torch.no_grad():  # a random init barely moves the residual; make blocks matter
-        for p in b.model.blocks.parameters():
-            if p.dim() == 2:
-                p.mul_(3.0)
-    return b
+    return scale_blocks(make_tiny_backbone(tiny_tokenizer, layers=3, d=32))
 
 
 def ids_of(bb, f):

@@ -9,7 +9,7 @@ from timerome import tuning as T
 from timerome.data import Fact
 from timerome.memory import EditMemory, capture_keys
 
-from conftest import make_tiny_backbone
+from conftest import make_tiny_backbone, scale_blocks
 
 
 def sweep(d_forget, d_retain, grid=(0.01, 0.1, 1.0, 10.0)):
@@ -70,12 +70,7 @@ KW = dict(seeds=(0,), n_mc=2, batch_size=8)
 
 @pytest.fixture
 def bb(tiny_tokenizer):
-    b = make_tiny_backbone(tiny_tokenizer, layers=3, d=32)
-    with torch.no_grad():  # a random init barely moves the residual; make blocks matter
-        for p in b.model.blocks.parameters():
-            if p.dim() == 2:
-                p.mul_(3.0)
-    return b
+    return scale_blocks(make_tiny_backbone(tiny_tokenizer, layers=3, d=32))
 
 
 def test_tune_lambda_measures_each_candidate_and_applies_the_rule(bb):

@@ -283,12 +283,7 @@ def trace_fact(backbone, prompt: TracePrompt, noise, *, steps: int = 8, modules=
     known = [{key(corr.states[k]): (corr.token_logp[k], corr.states[k + 1])} for k in range(K)]
     logp = np.full((len(names), K, K + 1), np.nan)  # log p(o | x_k'^patch) for the run patched at (name, k)
     live = {}  # (name index, patched step) -> (the run's current state, its bank)
-    for k in range(K + 1):
-        if k == K:  # every gold position is committed: the score is the bank
-            for (i, k0), (state, bank) in live.items():
-                _check_committed(state, prompt, mid)
-                logp[i, k0, K] = bank
-            break
+    for k in range(K):
         todo = {}  # distinct states that earlier patch runs reached and nobody has scored yet
         for state, _ in live.values():
             if key(state) not in known[k]:
@@ -306,6 +301,9 @@ def trace_fact(backbone, prompt: TracePrompt, noise, *, steps: int = 8, modules=
         for i in range(len(names)):  # runs patched at k start from the corrupted x_k and its bank
             _, bank = _score(corr.banks[k], lp[i], was, _masked(nxt[i], prompt, mid))
             live[i, k] = (nxt[i], bank)
+    for (i, k0), (state, bank) in live.items():  # x_K: every gold position is committed, the score is the bank
+        _check_committed(state, prompt, mid)
+        logp[i, k0, K] = bank
     tie = (logp - corr.scores).reshape(len(modules), L, K, K + 1)
     return tie, clean, corr
 
