@@ -1,10 +1,12 @@
+import contextlib
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from timerome.backbones import ADAPTERS, Backbone
+from timerome.backbones import Backbone
+from timerome.families import FAMILIES
 from timerome.tiny.model import TinyConfig, TinyLM
 from timerome.tiny.train import train_tokenizer
 
@@ -43,11 +45,19 @@ def make_tiny_backbone(tokenizer, *, block="llama", causal=False, layers=2, d=32
     cfg = TinyConfig(vocab_size=len(tokenizer), n_layers=layers, d_model=d, n_heads=2, d_mlp=64,
                      max_len=128, block=block, causal=causal)
     model = TinyLM(cfg).eval()
-    adapter = ADAPTERS["tiny-causal" if causal else "tiny"]
-    return Backbone(model, tokenizer, adapter, mask_id=tokenizer.mask_token_id, name=f"random-{block}",
+    family = FAMILIES["tiny-causal" if causal else "tiny"]
+    return Backbone(model, tokenizer, family, mask_id=tokenizer.mask_token_id, name=f"random-{block}",
                     prompt_template="question: {question} answer:")
 
 
 @pytest.fixture
 def tiny_backbone(tiny_tokenizer):
     return make_tiny_backbone(tiny_tokenizer)
+
+
+@contextlib.contextmanager
+def record(bb, point):
+    """Every forward's output at hook ``point`` while active (a list; `Backbone.trace` keeps the latest only)."""
+    outs = []
+    with bb.trace(point, edit=lambda _p, h: outs.append(h.detach().clone())):
+        yield outs

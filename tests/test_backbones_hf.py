@@ -1,6 +1,6 @@
 """Real-architecture backbones (timerome.hf) on tiny random stand-ins; nothing is downloaded.
 
-Each adapter except the project's own "tiny"/"tiny-causal" gets a tiny randomly initialised model
+Each family except the project's own "tiny"/"tiny-causal" gets a tiny randomly initialised model
 with the real family's module naming: native transformers classes where they exist (Llama for
 DiffuLLaMA, Qwen2 for Dream, OLMoE for LLaDA-MoE, BERT, ModernBERT) and, for LLaDA / MMaDA (remote
 code only), a test-only module tree reproducing ``model.transformer.{wte, blocks[i].{attn_out,
@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import transformers as tf
-from timerome.backbones import ADAPTERS, Backbone, get_module, load_backbone
-from timerome.hf import (BackboneLoadError, RemoteCodeRequired, UnknownArchitecture, check_bidirectional,
-                         infer_adapter, load_hf_backbone, make_bidirectional, resolve_mask_id,
+from timerome.backbones import Backbone, get_module, point
+from timerome.families import FAMILIES, UnknownFamily, infer_family
+from timerome.hooks import has_hooks
+from timerome.loading import (BackboneLoadError, RemoteCodeRequired, UnknownArchitecture, check_bidirectional,
+                              load_backbone, load_hf_backbone, make_bidirectional, resolve_mask_id,
                          wrap_hf_model)
-from timerome.hooks import capture, edit_output
 
 tf.logging.set_verbosity_error()
 
@@ -128,7 +129,7 @@ def tiny_modernbert():
         sep_token_id=3, mask_token_id=2, global_attn_every_n_layers=1, attn_implementation="sdpa"))
 
 
-# case -> (builder, adapter argument (None = inferred), expected adapter, expected paths)
+# case -> (builder, family argument (None = inferred), expected family, expected paths)
 _LLADA_PATHS = dict(embed="model.transformer.wte", block="model.transformer.blocks.{}",
                     attn="model.transformer.blocks.{}.attn_out", mlp="model.transformer.blocks.{}.ff_out",
                     down="model.transformer.blocks.{}.ff_out")
@@ -151,17 +152,17 @@ CASES = {
 DIFFUSION = ("llada", "mmada", "llada-moe", "dream", "diffullama")
 
 
-def test_every_hf_adapter_has_a_case():
+def test_every_hf_family_has_a_case():
     covered = {c[2] for c in CASES.values()}
-    assert covered == set(ADAPTERS) - {"tiny", "tiny-causal"}
+    assert covered == set(FAMILIES) - {"tiny", "tiny-causal"}
 
 
 @pytest.fixture(scope="module")
 def backbones():
     out = {}
-    for case, (build, adapter, _, _) in CASES.items():
+    for case, (build, family, _, _) in CASES.items():
         torch.manual_seed(0)
-        out[case] = wrap_hf_model(build(), make_tokenizer(), adapter=adapter, name=case)
+        out[case] = wrap_hf_model(build(), make_tokenizer(), family=family, name=case)
     return out
 
 
@@ -174,7 +175,7 @@ def ids(B=2, T=5, seed=1):
 def test_shape_facts(backbones, case):
     bb = backbones[case]
     assert isinstance(bb, Backbone)
-    assert bb.adapter is ADAPTERS[CASES[case][2]]
+    assert bb.family is FAMILIES[CASES[case][2]]
     assert bb.n_layers == L and bb.hidden_size == H
     assert bb.mask_id == bb.tokenizer.mask_token_id == 2
     assert not bb.is_causal
@@ -182,50 +183,68 @@ def test_shape_facts(backbones, case):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_hook_modules_match_real_naming(backbones, case):
+def test_hook_points_match_real_naming(backbones, case):
+    """Every point of the vocabulary reads the module the family's own code names (pinned per family)."""
     bb, paths = backbones[case], CASES[case][3]
-    assert bb.hook_module(0, "embed") is bb.hook_point("embed") is get_module(bb.model, paths["embed"])
+    assert bb.site("embed") == (get_module(bb.model, paths["embed"]), "output")
     for layer in range(L):
-        assert bb.hook_module(layer, "resid") is get_module(bb.model, paths["block"].format(layer))
-        for kind in ("attn", "mlp", "down"):
-            assert bb.hook_module(layer, kind) is get_module(bb.model, paths[kind].format(layer)), (kind, layer)
-            assert bb.hook_point(f"{kind}.{layer}") is bb.hook_module(layer, kind)
-    assert bb.hook_point("resid.1") is get_module(bb.model, paths["block"].format(1))
-    assert bb.hook_point("resid.-1") is bb.hook_point("resid.1")
+        assert bb.site(point("resid", layer)) == (get_module(bb.model, paths["block"].format(layer)), "output")
+        assert point("resid", layer) == f"blocks.{layer}.resid_post"
+        for kind, suffix in (("attn", "attn_out"), ("mlp", "mlp_out")):
+            assert point(kind, layer) == f"blocks.{layer}.{suffix}"
+            assert bb.site(point(kind, layer)) == (get_module(bb.model, paths[kind].format(layer)), "output")
+        if case != "llada-moe":  # a mixture of experts has no single down-projection
+            assert bb.site(f"blocks.{layer}.mlp_in") == (get_module(bb.model, paths["down"].format(layer)), "input")
+            assert isinstance(bb.down_proj(layer), nn.Linear)
+    assert bb.site("blocks.-1.resid_post") == bb.site("blocks.1.resid_post")
     with pytest.raises(IndexError):
-        bb.hook_module(L, "resid")
-    if case not in ("llada-moe",):  # LLaDA-MoE's `down` is the experts container, not a Linear
-        assert isinstance(bb.hook_module(0, "down"), nn.Linear)
+        bb.site(f"blocks.{L}.resid_post")
+    with pytest.raises(ValueError, match="hook point 'resid.0'"):
+        bb.site("resid.0")
+    if case == "llada-moe":
+        with pytest.raises(ValueError, match="no single MLP down-projection"):
+            bb.site("blocks.0.mlp_in")
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_capture_records_BTH_at_every_layer(backbones, case):
+def test_trace_records_BTH_at_every_point(backbones, case):
     bb = backbones[case]
-    names = [f"{k}.{l}" for l in range(L) for k in ("resid", "attn", "mlp")]
-    with capture({n: bb.hook_point(n) for n in names}) as store:
+    names = [point(k, l) for l in range(L) for k in ("resid", "attn", "mlp")]
+    names += [] if case == "llada-moe" else [f"blocks.{l}.mlp_in" for l in range(L)]
+    with bb.trace(names) as seen:
         bb.logits(ids(B=2, T=5))
     for n in names:
-        assert len(store[n]) == 1, n
-        t = store[n][0]
-        assert torch.is_tensor(t) and t.shape == (2, 5, H), (n, getattr(t, "shape", type(t)))
-    # hooks are gone afterwards
-    assert all(not bb.hook_point(n)._forward_hooks for n in names)
+        t = seen[n]
+        width = t.shape[-1] if n.endswith("mlp_in") else H  # the down-projection input is the MLP width
+        assert torch.is_tensor(t) and t.shape == (2, 5, width), (n, getattr(t, "shape", type(t)))
+    assert not has_hooks(bb.model)  # hooks are gone afterwards
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_edit_output_changes_logits_and_restores_bitwise(backbones, case):
+def test_trace_edit_changes_logits_and_restores_bitwise(backbones, case):
     bb, x = backbones[case], ids()
     before = bb.logits(x)
-    with edit_output(bb.hook_point("resid.0"), lambda h: h + 1.0):
+    with bb.trace("blocks.0.resid_post", edit=lambda _p, h: h + 1.0):
         edited = bb.logits(x)
     assert not torch.allclose(edited, before)
     assert torch.equal(bb.logits(x), before)
     with pytest.raises(RuntimeError, match="boom"):
-        with edit_output(bb.hook_point("resid.0"), lambda h: h + 1.0):
+        with bb.trace("blocks.0.resid_post", edit=lambda _p, h: h + 1.0):
             assert not torch.allclose(bb.logits(x), before)
             raise RuntimeError("boom")
     assert torch.equal(bb.logits(x), before)
-    assert not bb.hook_point("resid.0")._forward_hooks
+    assert not has_hooks(bb.model)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_trace_stop_after_ends_the_forward_there(backbones, case):
+    """stop_after: the points up to it are recorded, later ones never run, and the block is left normally."""
+    bb = backbones[case]
+    first, later = "blocks.0.resid_post", "blocks.1.resid_post"
+    with bb.trace([first, later], stop_after=first) as seen:
+        bb.logits(ids())
+        raise AssertionError("unreachable: the forward stops inside logits()")
+    assert set(seen) == {first} and not has_hooks(bb.model)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -235,7 +254,7 @@ def test_logits_shape_and_shift(backbones, case):
     assert out.shape == (3, 6, V)
     with torch.no_grad():
         raw = bb.model(input_ids=x).logits
-    if bb.adapter.shift_logits:  # Dream / DiffuLLaMA: raw position i scores token i+1
+    if bb.family.shift_logits:  # Dream / DiffuLLaMA: raw position i scores token i+1
         assert case in ("dream", "diffullama")
         assert torch.equal(out[:, 1:], raw[:, :-1]) and torch.equal(out[:, 0], raw[:, 0])
         assert not torch.equal(out, raw)
@@ -267,7 +286,7 @@ def test_bidirectional(backbones, case):
 def test_stock_llama_is_causal_until_made_bidirectional(attn):
     torch.manual_seed(0)
     model, tok = tiny_llama(attn), make_tokenizer()
-    causal = Backbone(model, tok, ADAPTERS["llama"], mask_id=2)  # no make_bidirectional
+    causal = Backbone(model, tok, FAMILIES["llama"], mask_id=2)  # no make_bidirectional
     assert not check_bidirectional(causal)
     # config.is_causal alone fixes the mask; module.is_causal alone does not fix eager attention
     assert make_bidirectional(model) == L
@@ -288,7 +307,7 @@ def test_padding_mask_still_respected_when_bidirectional(backbones, case):
     torch.testing.assert_close(lx[:, :4], ly[:, :4])  # (with a shift, realigned 0..3 = raw 0..2)
 
 
-# --- adapter inference and mask ids ------------------------------------------------------------
+# --- family inference and mask ids ------------------------------------------------------------
 @pytest.mark.parametrize("cfg,expected", [
     ({"model_type": "llada", "architectures": ["LLaDAModelLM"]}, "llada"),
     ({"model_type": "llada", "architectures": ["LLaDAMoEModelLM"]}, "llada-moe"),  # real LLaDA-MoE config
@@ -299,20 +318,20 @@ def test_padding_mask_still_respected_when_bidirectional(backbones, case):
     ({"model_type": "bert"}, "bert"),
     ({"model_type": "modernbert"}, "modernbert"),
 ])
-def test_infer_adapter(cfg, expected):
-    assert infer_adapter(cfg) == expected
+def test_infer_family(cfg, expected):
+    assert infer_family(cfg) == expected
 
 
 def test_unknown_architecture_clear_error():
-    with pytest.raises(UnknownArchitecture, match=r"(?s)gpt2.*Known adapters.*'llada'.*adapter="):
-        infer_adapter({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
+    with pytest.raises(UnknownFamily, match=r"(?s)gpt2.*Known families.*'llada'.*family="):
+        infer_family({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
     gpt2 = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=V, n_embd=H, n_layer=L, n_head=HEADS, n_positions=32))
-    with pytest.raises(UnknownArchitecture, match="Known adapters"):
+    with pytest.raises(UnknownArchitecture, match="Known families"):
         wrap_hf_model(gpt2, make_tokenizer())
-    with pytest.raises(BackboneLoadError, match="module naming of adapter 'llama'"):
-        wrap_hf_model(gpt2, make_tokenizer(), adapter="llama")
-    with pytest.raises(UnknownArchitecture, match="unknown adapter 'nope'"):
-        wrap_hf_model(gpt2, make_tokenizer(), adapter="nope")
+    with pytest.raises(BackboneLoadError, match="module naming of family 'llama'"):
+        wrap_hf_model(gpt2, make_tokenizer(), family="llama")
+    with pytest.raises(UnknownArchitecture, match="unknown family 'nope'"):
+        wrap_hf_model(gpt2, make_tokenizer(), family="nope")
 
 
 def test_mask_id_resolution():
@@ -353,7 +372,7 @@ def test_load_saved_llama_as_diffullama(tmp_path, monkeypatch):
     ref = tiny_llama()
     path = _save(tmp_path, ref, make_tokenizer())
     bb = load_backbone(str(path), dtype=torch.float32, prompt_template="Question: {question}\nAnswer:")
-    assert bb.adapter.name == "llama" and bb.adapter.shift_logits
+    assert bb.family.name == "llama" and bb.family.shift_logits
     assert bb.n_layers == L and bb.hidden_size == H and bb.mask_id == 2
     assert bb.prompt("x") == "Question: x\nAnswer:" and bb.name == str(path)
     assert check_bidirectional(bb)
@@ -362,27 +381,27 @@ def test_load_saved_llama_as_diffullama(tmp_path, monkeypatch):
         make_bidirectional(ref)
         raw = ref.eval()(input_ids=x).logits
     torch.testing.assert_close(bb.logits(x), torch.cat([raw[:, :1], raw[:, :-1]], 1))
-    with capture({"resid.1": bb.hook_point("resid.1")}) as store:
+    with bb.trace("blocks.1.resid_post") as seen:
         bb.logits(x)
-    assert store["resid.1"][0].shape == (2, 5, H)
+    assert seen["blocks.1.resid_post"].shape == (2, 5, H)
 
 
 def test_load_saved_bert_with_dtype_and_device(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = _save(tmp_path, tiny_bert(), make_tokenizer())
     bb = load_hf_backbone(path, dtype="bfloat16", device="cpu")
-    assert bb.adapter.name == "bert" and bb.mask_id == 2
+    assert bb.family.name == "bert" and bb.mask_id == 2
     assert bb.embedding.weight.dtype == torch.bfloat16 and bb.device.type == "cpu"
     assert bb.logits(ids()).shape == (2, 5, V)
 
 
-def test_load_saved_qwen2_with_explicit_dream_adapter(tmp_path, monkeypatch):
+def test_load_saved_qwen2_with_explicit_dream_family(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = _save(tmp_path, tiny_qwen2(), make_tokenizer())
     with pytest.raises(UnknownArchitecture, match="qwen2"):
         load_hf_backbone(path)  # a native Qwen2 checkpoint is not assumed to be Dream
-    bb = load_hf_backbone(path, adapter="dream")
-    assert bb.adapter.shift_logits and check_bidirectional(bb)
+    bb = load_hf_backbone(path, family="dream")
+    assert bb.family.shift_logits and check_bidirectional(bb)
 
 
 def _write_config(tmp_path, cfg):
@@ -410,7 +429,7 @@ def test_remote_code_needs_explicit_trust(tmp_path, cfg):
 
 def test_unknown_architecture_on_disk(tmp_path):
     gpt2 = _write_config(tmp_path / "gpt2", tf.GPT2Config(n_layer=1).to_dict())
-    with pytest.raises(UnknownArchitecture, match=r"(?s)Known adapters.*adapter="):
+    with pytest.raises(UnknownArchitecture, match=r"(?s)Known families.*family="):
         load_hf_backbone(gpt2)
     # MMaDA-style config with neither native support nor remote code: build it, then wrap it
     mmada = _write_config(tmp_path / "mmada", {"model_type": "mmada", "architectures": ["MMadaModelLM"]})

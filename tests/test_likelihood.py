@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import make_tiny_backbone
-from timerome.backbones import ADAPTERS, Backbone
+from timerome.backbones import Backbone
+from timerome.families import FAMILIES
 from timerome.likelihood import (answer_logprob, answer_logprob_details, answer_tail, elbo_terms, encode_example,
                                  exact_elbo, mask_counts, mc_variance, sample_masks, strata_edges)
 
@@ -80,7 +81,7 @@ def toy_backbone(table=None, W=None, seed=0):
     table = torch.randn(V, generator=g) if table is None else table
     W = torch.zeros(V, V) if W is None else W
     model = BagModel(table, W, tok.mask_token_id)
-    return Backbone(model, tok, ADAPTERS["tiny"], mask_id=tok.mask_token_id, name="toy",
+    return Backbone(model, tok, FAMILIES["tiny"], mask_id=tok.mask_token_id, name="toy",
                     prompt_template="q {question} r", answer_prefix=" ")
 
 
@@ -413,3 +414,34 @@ def test_errors_and_edge_cases():
     assert answer_logprob(bb, [], []).shape == (0,)
     r = answer_logprob_details(bb, ["s"], ["a b"], n_mc=1)
     assert math.isnan(float(r.stderr[0])) and math.isfinite(float(r.total[0]))
+
+
+def test_stable_seed_is_the_old_example_seed():
+    import hashlib
+    import json
+
+    from timerome.rng import stable_seed
+
+    for q, a in (("who wrote it ?", "alice"), ("Qui a écrit « Ré » ?", "Zoë Müller 王")):
+        old = int.from_bytes(hashlib.blake2b(json.dumps([3, q, a], ensure_ascii=False).encode(), digest_size=8).digest(),
+                             "little") & (2**63 - 1)
+        assert stable_seed(3, q, a, bits=63) == old
+
+
+def test_elbo_options_validate_and_override():
+    from timerome.likelihood import ELBOOptions
+
+    bb = toy_backbone()
+    opt = ELBOOptions(n_mc=4, seed=2, strata=[0.5, 1])
+    assert opt.strata == (0.5, 1.0) and hash(opt) == hash(ELBOOptions(n_mc=4, seed=2, strata=(0.5, 1.0)))
+    assert torch.equal(answer_logprob(bb, ["s"], ["a b"], opt), answer_logprob(bb, ["s"], ["a b"], n_mc=4, seed=2,
+                                                                                  strata=(0.5, 1.0)))
+    assert torch.equal(answer_logprob(bb, ["s"], ["a b"], opt, seed=5), answer_logprob(bb, ["s"], ["a b"],
+                                                                                        opt.replace(seed=5)))
+    for kw, err, msg in ((dict(n_mc=0), ValueError, "n_mc=0"), (dict(batch_size=2.0), TypeError, "batch_size=2.0"),
+                         (dict(strata=(1.0, math.inf)), ValueError, "strata"), (dict(strata=(1.0,)), TypeError, "strata"),
+                         (dict(balanced=1), TypeError, "balanced=1"), (dict(eos_tail=None), TypeError, "eos_tail")):
+        with pytest.raises(err, match=msg):
+            ELBOOptions(**kw)
+    with pytest.raises(TypeError, match="'nmc'.*valid: n_mc, seed"):
+        answer_logprob(bb, ["s"], ["a b"], nmc=4)

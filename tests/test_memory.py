@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from timerome.data import Fact
-from timerome.hooks import capture
-from timerome.memory import EditMemory, GatedEdit, capture_keys
+from timerome.capture import capture_keys
+from timerome.memory import EditMemory, GatedEdit
 from timerome.sampler import generate
 from timerome.tracer import SubjectError, subject_positions
 
-from conftest import make_tiny_backbone, scale_blocks
+from conftest import make_tiny_backbone, record, scale_blocks
 
 LAYER = 1
 
@@ -234,14 +234,14 @@ def test_remove_all_restores_no_edit_logits_exactly(bb):
 def test_installed_adds_delta_to_the_hooked_output(bb):
     mem = EditMemory.build(bb, FACTS, LAYER, lam=1.0, alpha=1.0, q=2)
     x = ids_of(bb, FACTS[1])
-    point = {"r": bb.hook_module(LAYER, "resid")}
-    with capture(point) as clean:
+    point = f"blocks.{LAYER}.resid_post"
+    with record(bb, point) as clean:
         bb.logits(x)
-    with mem.installed(bb), capture(point) as edited:  # capture hooks after the edit: sees its result
+    with mem.installed(bb), record(bb, point) as edited:  # capture hooks after the edit: sees its result
         bb.logits(x)
-    h0 = clean["r"][0]
-    assert torch.allclose(edited["r"][0], h0 + mem.delta(h0), rtol=0, atol=1e-5 * float(h0.abs().max()))
-    assert not torch.allclose(edited["r"][0], h0)
+    h0 = clean[0]
+    assert torch.allclose(edited[0], h0 + mem.delta(h0), rtol=0, atol=1e-5 * float(h0.abs().max()))
+    assert not torch.allclose(edited[0], h0)
 
 
 @pytest.mark.parametrize("module", ["resid", "attn", "mlp"])
@@ -260,12 +260,12 @@ def test_bitwise_restoration_after_an_exception(bb, module):
 def test_steps_restricts_the_edit_to_chosen_denoising_steps(bb):
     mem = EditMemory.build(bb, FACTS, LAYER, lam=1.0, alpha=3.0, q=2)
     prompt = [subject_positions(bb, FACTS[0])[0]]
-    point = {"r": bb.hook_module(LAYER, "resid")}
-    with capture(point) as clean:
+    point = f"blocks.{LAYER}.resid_post"
+    with record(bb, point) as clean:
         generate(bb, prompt, gen_length=6, steps=3)
-    with mem.installed(bb, steps={1}), capture(point) as edited:
+    with mem.installed(bb, steps={1}), record(bb, point) as edited:
         generate(bb, prompt, gen_length=6, steps=3)
-    c, e = clean["r"], edited["r"]
+    c, e = clean, edited
     assert torch.equal(e[0], c[0])  # step 0: no edit
     # step 1 sees the same input as the clean run (step 0 committed the same tokens): edited there
     assert torch.allclose(e[1], c[1] + mem.delta(c[1]), rtol=0, atol=1e-5 * float(c[1].abs().max()))
@@ -282,17 +282,17 @@ def test_steps_restricts_the_edit_to_chosen_denoising_steps(bb):
 def test_build_matches_a_single_unpadded_forward_per_fact(bb):
     mem = EditMemory.build(bb, FACTS, LAYER, lam=1.0, alpha=1.0, q=2, batch_size=3)
     assert mem.keys == [f.fact_id for f in FACTS] and set(mem.timings) == {"capture_s", "solve_s"}
-    point = {"r": bb.hook_module(LAYER, "resid")}
+    point = f"blocks.{LAYER}.resid_post"
     tgt = bb.encode(bb.answer_prefix + "I don't know.")
     for i, f in enumerate(FACTS):
         prompt, S = subject_positions(bb, f)
         ans = bb.encode(bb.answer_prefix + f.answer)
-        with capture(point) as a:
+        with record(bb, point) as a:
             bb.logits(torch.tensor([prompt + ans]))
-        with capture(point) as t:
+        with record(bb, point) as t:
             bb.logits(torch.tensor([prompt + tgt]))
         P = len(prompt)
-        ha, ht = a["r"][0][0].double(), t["r"][0][0].double()
+        ha, ht = a[0][0].double(), t[0][0].double()
         u, v_o, v_t = ha[S].mean(0), ha[P:P + len(ans)].mean(0), ht[P:P + len(tgt)].mean(0)
         assert torch.allclose(mem.U[i], u, atol=1e-5 * float(u.abs().max()))
         assert torch.allclose(mem.D[i], v_t - v_o, atol=1e-5 * float(ha.abs().max()))
@@ -308,7 +308,7 @@ def test_capture_early_exit_and_batch_size_do_not_change_the_keys(bb):
 
 def test_capture_sees_step_zero_and_restores_the_clock(bb):
     seen = []
-    h = bb.hook_module(0, "resid").register_forward_hook(lambda *a: seen.append(bb.step))
+    h = bb.blocks[0].register_forward_hook(lambda *a: seen.append(bb.step))
     try:
         bb.step = "outer"
         capture_keys(bb, FACTS[:2], LAYER)

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from timerome import report
+from timerome import plots, report
 
 
 @pytest.fixture
@@ -90,14 +90,14 @@ def test_place_labels_keeps_labels_apart_and_inside_the_axes():
     y = [1.0, 1.01, 0.99, 1.0, 5.0, 9.0]
     ax.plot(x, y, "o")
     ax.set_xlim(0, 10), ax.set_ylim(0, 10)
-    anns = report.place_labels(ax, x, y, ["0.25", "0.5", "1", "1.5", "2", "3"])
+    anns = plots.place_labels(ax, x, y, ["0.25", "0.5", "1", "1.5", "2", "3"])
     renderer = fig.canvas.get_renderer()
     boxes = [a.get_window_extent(renderer) for a in anns]
     frame = ax.get_window_extent(renderer)
     for i, a in enumerate(boxes):
         assert frame.x0 <= a.x0 and a.x1 <= frame.x1 and frame.y0 <= a.y0 and a.y1 <= frame.y1
         for b in boxes[i + 1:]:
-            assert report._overlap(a, b) == 0.0
+            assert plots._overlap(a, b) == 0.0
     assert [a.get_text() for a in anns] == ["0.25", "0.5", "1", "1.5", "2", "3"]
     plt.close(fig)
 
@@ -105,8 +105,8 @@ def test_place_labels_keeps_labels_apart_and_inside_the_axes():
 def test_signed_log_axis_labels_the_signed_values():
     fig, ax = plt.subplots()
     ax.plot([5, 50, 150], [4, 10, 170], "o")  # -ForgetLP, -RetainLP
-    report.signed_log_axis(ax, "x")
-    report.signed_log_axis(ax, "y", invert=True)
+    plots.signed_log_axis(ax, "x")
+    plots.signed_log_axis(ax, "y", invert=True)
     assert ax.get_xscale() == ax.get_yscale() == "log"
     assert ax.yaxis_inverted() and not ax.xaxis_inverted()
     fmt = ax.xaxis.get_major_formatter()

@@ -35,4 +35,5 @@ def test_tie_heatmaps_at_one_and_two_threads(tmp_path, monkeypatch):
         assert not bad, f"{name} differs between 1 and 2 threads beyond float error: {bad[:5]}"
     c1, c2 = (json.loads((d / "tie_coordinate.json").read_text()) for d in (one, two))
     assert {k: c1[k] for k in ("layer", "module", "steps")} == {k: c2[k] for k in ("layer", "module", "steps")}
-    assert (c1["eq5_best"]["layer"], c1["eq5_best"]["step"]) == (c2["eq5_best"]["layer"], c2["eq5_best"]["step"])
+    b1, b2 = c1["provenance"]["eq5_best"], c2["provenance"]["eq5_best"]
+    assert (b1["layer"], b1["step"]) == (b2["layer"], b2["step"])

@@ -199,10 +199,10 @@ def test_low_confidence_commits_the_most_confident_first(bb):
 @pytest.mark.parametrize("remasking", ["low_confidence", "entropy", "topk_margin", "maskgit_plus"])
 def test_confidences_are_ranked_in_float64(remasking):
     """Two positions whose confidences are equal in float32 but not in float64 keep their float64 order."""
-    from timerome.sampler import _confidence
+    from timerome.sampler import confidence
     logits = torch.zeros(1, 2, 5)
     logits[0, :, 0] = torch.tensor([4.0, 4.0 + 2.0 ** -20])  # position 1 is (slightly) more confident
-    conf = _confidence(logits, logits.argmax(-1), remasking, 0.0, None)
+    conf = confidence(logits, logits.argmax(-1), remasking, 0.0, None)
     assert conf.dtype == torch.float64 and conf[0, 1] > conf[0, 0]
 
 

@@ -1,9 +1,9 @@
-"""The tiny backbone family: architecture, its adapter's hook points, and the training recipe."""
+"""The tiny backbone family: architecture, its family's hook points, and the training recipe."""
 import pytest
 import torch
 
 import timerome
-from timerome import hooks
+from timerome.backbones import point
 from timerome.tiny import recipe as tiny_recipe
 from timerome.tiny.model import TinyConfig
 from timerome.tiny.train import encode_pairs, mdlm_batch, train
@@ -51,35 +51,41 @@ def test_sequence_longer_than_max_len_is_an_error(tiny_backbone):
         tiny_backbone.logits(torch.zeros(1, 129, dtype=torch.long))
 
 
-def test_tiny_adapter_hook_points(tiny_backbone):
+def test_tiny_family_hook_points(tiny_backbone):
     bb = tiny_backbone
     assert bb.n_layers == 2 and bb.hidden_size == 32 and bb.mask_id == bb.tokenizer.mask_token_id
-    assert bb.hook_module(1, "resid") is bb.model.blocks[1]
-    assert bb.hook_module(1, "attn") is bb.model.blocks[1].attn
-    assert bb.hook_module(1, "mlp") is bb.model.blocks[1].mlp
-    assert bb.hook_module(1, "down") is bb.model.blocks[1].mlp.down
-    assert bb.hook_point("embed") is bb.model.embed and bb.hook_point("resid.0") is bb.model.blocks[0]
-    with pytest.raises(ValueError, match="unknown hook kind"):
-        bb.hook_module(0, "ffn")
+    assert bb.site("blocks.1.resid_post") == (bb.model.blocks[1], "output")
+    assert bb.site("blocks.1.attn_out") == (bb.model.blocks[1].attn, "output")
+    assert bb.site("blocks.1.mlp_out") == (bb.model.blocks[1].mlp, "output")
+    assert bb.site("blocks.1.mlp_in") == (bb.model.blocks[1].mlp.down, "input")
+    assert bb.down_proj(1) is bb.model.blocks[1].mlp.down
+    assert bb.site("embed") == (bb.model.embed, "output")
+    with pytest.raises(ValueError, match="hook point 'blocks.0.ffn'"):
+        bb.site("blocks.0.ffn")
     with pytest.raises(IndexError, match="out of range"):
-        bb.hook_module(2, "resid")
+        bb.site("blocks.2.resid_post")
     x = torch.randint(5, len(bb.tokenizer), (3, 7))
-    names = {f"{k}.{l}": bb.hook_point(f"{k}.{l}") for k in ("resid", "attn", "mlp") for l in range(2)}
-    with hooks.capture(names) as store:
+    names = [point(m, l) for m in ("resid", "attn", "mlp") for l in range(2)]
+    with bb.trace(names) as seen:
         bb.logits(x)
-    assert all(len(v) == 1 and v[0].shape == (3, 7, 32) for v in store.values())
+    assert all(v.shape == (3, 7, 32) for v in seen.values())
     # resid = previous resid + attn + mlp, exactly as the block computes it
-    torch.testing.assert_close(store["resid.1"][0], store["resid.0"][0] + store["attn.1"][0] + store["mlp.1"][0])
+    torch.testing.assert_close(seen["blocks.1.resid_post"],
+                               seen["blocks.0.resid_post"] + seen["blocks.1.attn_out"] + seen["blocks.1.mlp_out"])
+    # the MLP output is the down-projection applied to the mlp_in point
+    with bb.trace(["blocks.1.mlp_in", "blocks.1.mlp_out"]) as seen:
+        bb.logits(x)
+    torch.testing.assert_close(bb.down_proj(1)(seen["blocks.1.mlp_in"]), seen["blocks.1.mlp_out"])
 
 
 def test_edit_is_removed_even_after_an_exception(tiny_backbone):
     bb = tiny_backbone
     x = torch.randint(5, len(bb.tokenizer), (2, 6))
     before = bb.logits(x)
-    with hooks.edit_output(bb.hook_module(0, "resid"), lambda h: h + 1.0):
+    with bb.trace("blocks.0.resid_post", edit=lambda _p, h: h + 1.0):
         assert not torch.equal(bb.logits(x), before)
     with pytest.raises(RuntimeError, match="boom"):
-        with hooks.edit_output(bb.hook_module(0, "resid"), lambda h: h + 1.0):
+        with bb.trace("blocks.0.resid_post", edit=lambda _p, h: h + 1.0):
             raise RuntimeError("boom")
     assert torch.equal(bb.logits(x), before)
 
@@ -96,7 +102,7 @@ def test_logits_at_reads_only_the_asked_positions(tiny_tokenizer, causal):
 
 
 def test_embedded_tiny_names():
-    from timerome.backbones import tiny_names
+    from timerome.loading import tiny_names
     assert {"tiny-mdlm", "tiny-arm"} <= set(tiny_names())
 
 

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from timerome import ar_trace as AR
+from timerome import tie_results as R
 from timerome import tracer as T
 from timerome.data import Fact
-from timerome.hooks import edit_outputs
+from timerome.backbones import point
 from timerome.sampler import generate
 
 from conftest import make_tiny_backbone
@@ -97,16 +99,12 @@ def naive_run(bb, prompt, *, steps=K, noise=None, patch=None, capture=()):
         return new
 
     def forward(k, x):
-        bb.step = k
-        try:
+        with bb.at_step(k):
             return bb.logits(x)
-        finally:
-            bb.step = None
 
     names = {"embed", *capture} | ({patch[0]} if patch else set())
-    mods = {n: bb.hook_point(n) for n in names}
     P = prompt.prompt_length
-    with edit_outputs(mods, fn):
+    with bb.trace(names, edit=fn):
         out = generate(bb, prompt.ids[None, :P], gen_length=prompt.gen_length, steps=steps,
                        on_step=lambda k, x: states.append(x.clone()))
         states.append(out)
@@ -119,14 +117,14 @@ def naive_tie(bb, f, *, sigma, steps=K, modules=MODULES, seed=0):
     """[M, L, K, K+1] Eq. 3 by brute force (NaN where k' <= k)."""
     p = T.prepare_prompt(bb, f)
     noise = sigma * T.draw_noise(bb, f, p, seed)
-    names = [f"{m}.{l}" for m in modules for l in range(bb.n_layers)]
+    names = [point(m, l) for m in modules for l in range(bb.n_layers)]
     _, _, clean = naive_run(bb, p, steps=steps, capture=names)
     _, corr, _ = naive_run(bb, p, steps=steps, noise=noise)
     out = np.full((len(modules), bb.n_layers, steps, steps + 1), np.nan)
     for mi, m in enumerate(modules):
         for l in range(bb.n_layers):
             for k in range(steps):
-                name = f"{m}.{l}"
+                name = point(m, l)
                 _, pat, _ = naive_run(bb, p, steps=steps, noise=noise, patch=(name, k, clean[name][k]))
                 for kp in range(k + 1, steps + 1):
                     out[mi, l, k, kp] = pat[kp] - corr[kp]
@@ -330,14 +328,14 @@ def test_default_sigma_is_three_subject_embedding_stds(bb):
 def test_save_load_round_trip(bb, tmp_path):
     r = T.trace_tie(bb, FACTS, steps=K, sigma=1.0)
     path = r.save(tmp_path / "sub" / "trace.npz")
-    back = T.TIEResult.load(path)
+    back = R.TIEResult.load(path)
     for name in ("tie", "tie_by_step", "logp_clean", "logp_corrupt"):
         np.testing.assert_array_equal(getattr(back, name), getattr(r, name))
     for name in ("modules", "n_layers", "steps", "fact_ids", "subject_tokens", "settings", "counts"):
         assert getattr(back, name) == getattr(r, name), name
     np.testing.assert_array_equal(back.heatmap("attn"), r.heatmap("attn"))
     with pytest.raises(ValueError, match="PositionalResult"):
-        T.PositionalResult.load(path)
+        R.PositionalResult.load(path)
 
 
 def test_cache_returns_the_same_result_without_recomputing(bb, tmp_path):
@@ -366,7 +364,7 @@ def test_cache_returns_the_same_result_without_recomputing(bb, tmp_path):
 
 
 def test_cache_is_bypassed_for_a_hooked_model(bb, tmp_path):
-    handle = bb.hook_module(0, "mlp").register_forward_hook(lambda *a: None)
+    handle = bb.blocks[0].mlp.register_forward_hook(lambda *a: None)
     try:
         with pytest.warns(UserWarning, match="not cached"):
             T.trace_tie(bb, FACTS[:1], steps=2, sigma=1.0, modules=("resid",), cache_dir=tmp_path)
@@ -378,7 +376,7 @@ def test_cache_is_bypassed_for_a_hooked_model(bb, tmp_path):
 # --- selection (Eq. 5) ---------------------------------------------------------------------------
 def _synthetic(tie, modules=MODULES, ids=None):
     F_, M, L, K_ = tie.shape
-    return T.TIEResult(modules=tuple(modules), n_layers=L, steps=K_, fact_ids=ids or [f"toy:{i}" for i in range(F_)],
+    return R.TIEResult(modules=tuple(modules), n_layers=L, steps=K_, fact_ids=ids or [f"toy:{i}" for i in range(F_)],
                        subject_tokens=[["x"]] * F_, tie=tie, tie_by_step=np.zeros((F_, M, L, K_, K_ + 1)),
                        logp_clean=np.zeros((F_, K_ + 1)), logp_corrupt=np.zeros((F_, K_ + 1)),
                        settings={"sigma": 1.0}, counts={})
@@ -390,7 +388,7 @@ def test_selection_argmax_ranking_paper_and_per_fact():
     tie[:, 1, 2, 3] = [2.0, -3.0, 2.5]  # attn, layer 2, step 3: the largest mean |TIE| (signs differ)
     tie[:, 0, 1, :] += 1.0  # resid layer 1: the best resid layer at every step
     tie[0, 2, 0, 4] = 6.0  # one fact's own best coordinate (mean |TIE| over facts still < 2.5)
-    sel = T.select_coordinate(_synthetic(tie))
+    sel = R.select_coordinate(_synthetic(tie))
     assert (sel.best.module, sel.best.layer, sel.best.step) == ("attn", 2, 3)
     assert sel.best.score == pytest.approx(2.5)
     assert len(sel.ranking) == 3 * 4 * 5 and sel.ranking[0] == sel.best
@@ -404,7 +402,7 @@ def test_selection_argmax_ranking_paper_and_per_fact():
     assert sel.per_fact[0] == {"fact_id": "toy:0", "module": "mlp", "layer": 0, "step": 4, "tie": 6.0}
     assert (sel.per_fact[1]["module"], sel.per_fact[1]["tie"]) == ("attn", -3.0)
     assert list(sel.frame().columns) == ["module", "layer", "step", "score"]
-    assert T.select_coordinate(_synthetic(tie[:, :1], modules=("resid",))).paper.layer == 1
+    assert R.select_coordinate(_synthetic(tie[:, :1], modules=("resid",))).paper.layer == 1
 
 
 def test_beta_penalty_with_neighbours():
@@ -419,7 +417,7 @@ def test_beta_penalty_with_neighbours():
     sel = res.select(neigh, beta=1.0)
     assert sel.best[:3] == ("mlp", 1, 1) and sel.best.score == pytest.approx(1.5) and sel.beta == 1.0
     assert [c for c in sel.ranking if c[:3] == ("resid", 0, 0)][0].score == pytest.approx(1.0)
-    np.testing.assert_allclose(T.select_coordinate(res, nb, beta=1.0).objective, sel.objective)  # array neighbours
+    np.testing.assert_allclose(R.select_coordinate(res, nb, beta=1.0).objective, sel.objective)  # array neighbours
     with pytest.raises(ValueError, match="neighbour set"):
         res.select(beta=0.5)
     with pytest.raises(ValueError, match="shape"):
@@ -441,7 +439,7 @@ def test_selection_on_a_real_trace_with_neighbours(bb):
 def test_ar_positional_trace_on_a_causal_model(tiny_tokenizer):
     bb = _sharpen(make_tiny_backbone(tiny_tokenizer, causal=True, layers=2, d=32))
     seen, counts = _count_rows(bb), {"forwards": 0, "calls": 0}
-    r = T.ar_positional_trace(bb, FACTS, sigma=1.0, modules=("resid", "mlp"), counts=counts)
+    r = AR.ar_positional_trace(bb, FACTS, sigma=1.0, modules=("resid", "mlp"), counts=counts)
     lengths = [len(t) for t in r.tokens]
     for i, f in enumerate(FACTS):
         P = lengths[i]
@@ -456,17 +454,17 @@ def test_ar_positional_trace_on_a_causal_model(tiny_tokenizer):
         np.testing.assert_allclose(r.heatmap("resid", i)[:S[0]], 0, atol=1e-5)
     assert np.abs(r.heatmap("resid", 0)).max() > 1e-3
     assert counts["forwards"] == seen["rows"] == sum(2 + 2 * P * bb.n_layers for P in lengths)
-    zero = T.ar_positional_trace(bb, FACTS[:1], sigma=0.0, modules=("attn",))
+    zero = AR.ar_positional_trace(bb, FACTS[:1], sigma=0.0, modules=("attn",))
     assert np.all(zero.heatmap("attn", 0) == 0)
     with pytest.raises(ValueError, match="autoregressive"):
         T.trace_tie(bb, FACTS, steps=K)
 
 
 def test_ar_positional_trace_on_an_mdlm_and_round_trip(bb, tmp_path):
-    r = T.ar_positional_trace(bb, FACTS[:1], sigma=1.0, modules=("resid",), window=3)
+    r = AR.ar_positional_trace(bb, FACTS[:1], sigma=1.0, modules=("resid",), window=3)
     assert r.heatmap("resid", 0).shape == (len(r.tokens[0]), bb.n_layers)
     assert r.settings["causal"] is False and r.settings["window"] == 3
-    back = T.PositionalResult.load(r.save(tmp_path / "ar.npz"))
+    back = R.PositionalResult.load(r.save(tmp_path / "ar.npz"))
     np.testing.assert_array_equal(back.ie, r.ie)
     assert back.tokens == r.tokens and back.modules == r.modules
 
@@ -482,7 +480,7 @@ def test_clear_errors(bb):
     with pytest.raises(ValueError, match="empty fact list"):
         T.trace_tie(bb, [], steps=K)
     with pytest.raises(ValueError, match="empty fact list"):
-        T.ar_positional_trace(bb, [])
+        AR.ar_positional_trace(bb, [])
     with pytest.raises(ValueError, match="modules"):
         T.trace_tie(bb, FACTS, modules=("down",))
     with pytest.raises(ValueError, match="shorter than the gold answer"):
@@ -491,7 +489,7 @@ def test_clear_errors(bb):
         with pytest.raises(ValueError, match=next(iter(bad))):
             T.trace_tie(bb, FACTS, **bad)
     with pytest.raises(ValueError, match="window"):
-        T.ar_positional_trace(bb, FACTS, window=0)
+        AR.ar_positional_trace(bb, FACTS, window=0)
 
 
 def test_ranking_treats_round_off_as_ties():
@@ -499,7 +497,7 @@ def test_ranking_treats_round_off_as_ties():
     tie = np.zeros((1, 1, 3, 2))
     tie[0, 0, :, 0] = [1e-6, 3e-6, 0.0]  # last-layer-like noise: all ties
     tie[0, 0, 1, 1] = 0.5
-    tie[0, 0, 2, 1] = 0.5 + T.TIE_RESOLUTION / 10  # round-off above a real effect: a tie too
-    sel = T.select_coordinate(_synthetic(tie, modules=("resid",)))
+    tie[0, 0, 2, 1] = 0.5 + R.TIE_RESOLUTION / 10  # round-off above a real effect: a tie too
+    sel = R.select_coordinate(_synthetic(tie, modules=("resid",)))
     assert [(c.layer, c.step) for c in sel.ranking] == [(1, 1), (2, 1), (0, 0), (0, 1), (1, 0), (2, 0)]
     assert sel.best.layer == 1 and sel.paper.layer == 1

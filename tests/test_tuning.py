@@ -7,7 +7,8 @@ import torch
 
 from timerome import tuning as T
 from timerome.data import Fact
-from timerome.memory import EditMemory, capture_keys
+from timerome.capture import capture_keys
+from timerome.memory import EditMemory
 
 from conftest import make_tiny_backbone, scale_blocks
 
@@ -96,3 +97,18 @@ def test_tune_lambda_checks_its_arguments_before_measuring(bb):
         T.tune_lambda(bb, FORGET, RETAIN, 1, lam_grid=[], retain_budget=5.0, **KW)
     with pytest.raises(ValueError, match="retain_budget"):
         T.tune_lambda(bb, FORGET, RETAIN, 1, lam_grid=[1.0], retain_budget=-1.0, **KW)
+
+
+@pytest.mark.parametrize("n_layers,traced", [(4, 0), (4, 3), (2, 1), (32, 19)])
+def test_random_layer_is_another_layer_drawn_with_the_seed(n_layers, traced):
+    import random
+
+    got = T.random_layer(n_layers, traced, seed=0)
+    assert got != traced and 0 <= got < n_layers
+    assert got == random.Random(0).choice([l for l in range(n_layers) if l != traced])  # the rule, spelled out
+    assert {T.random_layer(n_layers, traced, seed=s) for s in range(2000)} == set(range(n_layers)) - {traced}
+
+
+def test_random_layer_needs_two_layers():
+    with pytest.raises(ValueError, match="no layer other than the traced one"):
+        T.random_layer(1, 0)

@@ -1,70 +1,31 @@
-"""Backbones: a model, its tokenizer, its mask token, and an adapter naming its hook points.
+"""The `Backbone`: a frozen model, its tokenizer and mask token, named hook points, and the denoising clock.
 
-Every algorithm in this package talks to a `Backbone`, never to a model class directly. The
-adapter says, per architecture, which module's output is
+Every algorithm talks to a `Backbone`, never to a model class. Hook points (one vocabulary for
+every family, `timerome.families` says where each lives):
 
-* ``embed``      the input token embedding,
-* ``resid``  ℓ   the block output (residual stream after block ℓ),
-* ``attn``   ℓ   the attention sub-layer output (before it is added to the residual),
-* ``mlp``    ℓ   the MLP sub-layer output (before it is added to the residual),
-* ``down``   ℓ   the MLP down-projection (a Linear: what ROME/MEMIT-style editors rewrite).
+* ``embed``                   the input token embedding's output;
+* ``blocks.<l>.resid_post``   block l's output (the residual stream after block l);
+* ``blocks.<l>.attn_out``     the attention sub-layer's output, before it is added to the residual;
+* ``blocks.<l>.mlp_out``      the MLP sub-layer's output, before it is added to the residual;
+* ``blocks.<l>.mlp_in``       the MLP down-projection's input (what ROME/MEMIT keys are read from).
 
-Paths are dotted attribute paths; ``{}`` in a layer path is the layer index.
+A *module*, in this package's API, is always the paper's m ∈ {resid, attn, mlp} (what is traced
+or edited at a layer); ``point(module, l)`` names its hook point. A torch module behind a point is
+its *site*. `trace` is the one way to read or edit hook points; `at_step` sets the denoising step ``step``
+that step-restricted edits read (None outside a sampler or tracer).
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+import contextlib
 
 import torch
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-KINDS = ("resid", "attn", "mlp")
+from .families import Family
+from .hooks import hooked
 
-
-@dataclass(frozen=True)
-class Adapter:
-    name: str
-    embed: str
-    blocks: str  # the ModuleList of transformer blocks
-    attn: str  # relative to one block
-    mlp: str
-    down: str
-    shift_logits: bool = False  # Dream: logits at i predict token i+1 (AR initialisation)
-    causal: bool = False  # True only for autoregressive baselines
-    notes: str = ""
-
-
-ADAPTERS = {
-    a.name: a
-    for a in [
-        # The project's own tiny models (timerome.tiny.model.TinyLM).
-        Adapter("tiny", "embed", "blocks", "attn", "mlp", "mlp.down"),
-        Adapter("tiny-causal", "embed", "blocks", "attn", "mlp", "mlp.down", causal=True),
-        # LLaDA / MMaDA remote code: model.transformer.{wte, blocks[i].{attn_out, ff_out}}.
-        # ff_out is both the MLP output and its down-projection; block outputs are (x, cache).
-        Adapter("llada", "model.transformer.wte", "model.transformer.blocks", "attn_out", "ff_out", "ff_out"),
-        # Dream: Qwen2 naming, logits shifted by one position.
-        Adapter("dream", "model.embed_tokens", "model.layers", "self_attn", "mlp", "mlp.down_proj",
-                shift_logits=True),
-        # DiffuLLaMA: Llama naming, attention run bidirectionally; like Dream it is adapted from an AR
-        # model with the shift operation (DiffuLLaMA inf_diffullama.py: `--shift True  # do not change`).
-        Adapter("llama", "model.embed_tokens", "model.layers", "self_attn", "mlp", "mlp.down_proj",
-                shift_logits=True),
-        # LLaDA-MoE: OLMoE-style naming; the MLP is a sparse mixture (``down`` is the shared expert
-        # list's container, so weight editors must pick an expert explicitly).
-        Adapter("llada-moe", "model.embed_tokens", "model.layers", "self_attn", "mlp", "mlp.experts",
-                notes="mixture-of-experts MLP: `down` is the experts ModuleList; the `mlp` hook is the "
-                      "routed experts only (a block-level `shared_expert`, where present, is added "
-                      "after it in modeling_lladamoe.py)"),
-        # BERT-style MLMs (post-LN): the sub-layer outputs are the dense projections before
-        # the residual add + LayerNorm.
-        Adapter("bert", "bert.embeddings.word_embeddings", "bert.encoder.layer",
-                "attention.output.dense", "output.dense", "output.dense"),
-        Adapter("modernbert", "model.embeddings.tok_embeddings", "model.layers", "attn", "mlp", "mlp.Wo"),
-    ]
-}
+MODULES = ("resid", "attn", "mlp")  # the paper's module m
+_SUFFIX = {"resid": "resid_post", "attn": "attn_out", "mlp": "mlp_out"}
+POINT_SUFFIXES = (*_SUFFIX.values(), "mlp_in")
 
 
 def get_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -79,17 +40,25 @@ def get_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
     return mod
 
 
-class Backbone:
-    """A frozen model behind one interface: logits, mask token, and named hook points."""
+def point(module: str, layer: int) -> str:
+    """The hook point of the paper's ``module`` at ``layer``: point('resid', 3) = 'blocks.3.resid_post'."""
+    if module not in _SUFFIX:
+        raise ValueError(f"module={module!r}; expected one of {MODULES}")
+    return f"blocks.{int(layer)}.{_SUFFIX[module]}"
 
-    def __init__(self, model, tokenizer, adapter: Adapter, *, mask_id: int, name: str = "",
+
+class Backbone:
+    """A frozen model behind one interface: logits, mask token, hook points and the denoising step."""
+
+    def __init__(self, model, tokenizer, family: Family, *, mask_id: int, name: str = "",
                  prompt_template: str = "{question}", answer_prefix: str = " "):
-        self.model, self.tokenizer, self.adapter, self.name = model.eval(), tokenizer, adapter, name
+        self.model, self.tokenizer, self.family, self.name = model.eval(), tokenizer, family, name
         self.mask_id = int(mask_id)
         self.prompt_template, self.answer_prefix = prompt_template, answer_prefix
-        self.blocks = get_module(model, adapter.blocks)
-        for kind in ("embed", *KINDS, "down"):  # fail now, not mid-experiment
-            self.hook_module(0, kind)
+        self.step: int | None = None  # the denoising step of the running forward (`at_step`)
+        self.blocks = get_module(model, family.blocks)
+        for p in ("embed", *(f"blocks.0.{s}" for s in POINT_SUFFIXES if s != "mlp_in" or family.mlp_down)):
+            self.site(p)  # fail now, not mid-experiment
 
     # --- shape facts -------------------------------------------------------------------------
     @property
@@ -102,7 +71,7 @@ class Backbone:
 
     @property
     def embedding(self) -> torch.nn.Embedding:
-        return get_module(self.model, self.adapter.embed)
+        return get_module(self.model, self.family.embed)
 
     @property
     def device(self):
@@ -119,28 +88,52 @@ class Backbone:
 
     @property
     def is_causal(self) -> bool:
-        return self.adapter.causal
+        return self.family.causal
 
     # --- hook points -------------------------------------------------------------------------
-    def hook_module(self, layer: int, kind: str) -> torch.nn.Module:
-        """The module whose output is hook point ``kind`` at ``layer`` (kind 'embed' ignores layer)."""
-        if kind == "embed":
-            return self.embedding
-        if kind not in (*KINDS, "down"):
-            raise ValueError(f"unknown hook kind {kind!r}; expected one of embed, resid, attn, mlp, down")
+    def site(self, name: str) -> tuple[torch.nn.Module, str]:
+        """(torch module, "output" | "input") that hook point ``name`` reads."""
+        if name == "embed":
+            return self.embedding, "output"
+        parts = name.split(".")
+        if len(parts) != 3 or parts[0] != "blocks" or not parts[1].lstrip("-").isdigit() or parts[2] not in POINT_SUFFIXES:
+            raise ValueError(f"hook point {name!r}: expected 'embed' or 'blocks.<layer>.<{'|'.join(POINT_SUFFIXES)}>'")
+        layer, suffix = int(parts[1]), parts[2]
         if not -self.n_layers <= layer < self.n_layers:
             raise IndexError(f"layer {layer} out of range for {self.name or 'backbone'} with {self.n_layers} layers")
-        block = self.blocks[layer]
-        return block if kind == "resid" else get_module(block, getattr(self.adapter, kind))
+        block, fam = self.blocks[layer], self.family
+        if suffix == "resid_post":
+            return block, "output"
+        if suffix == "mlp_in":
+            if fam.mlp_down is None:
+                raise ValueError(f"family {fam.name!r} has no single MLP down-projection ({fam.notes})")
+            return get_module(block, fam.mlp_down), "input"
+        return get_module(block, fam.attn_out if suffix == "attn_out" else fam.mlp_out), "output"
 
-    def hook_point(self, name: str) -> torch.nn.Module:
-        """TransformerLens-style names: 'embed', 'resid.3', 'attn.3', 'mlp.3', 'down.3'."""
-        if name == "embed":
-            return self.embedding
-        kind, _, layer = name.partition(".")
-        if not layer.lstrip("-").isdigit():
-            raise ValueError(f"hook point {name!r} must look like 'resid.<layer>' or 'embed'")
-        return self.hook_module(int(layer), kind)
+    def down_proj(self, layer: int) -> torch.nn.Linear:
+        """The MLP down-projection of ``layer`` (the Linear whose input is ``blocks.<layer>.mlp_in``)."""
+        return self.site(f"blocks.{int(layer)}.mlp_in")[0]
+
+    def trace(self, points, *, edit=None, stop_after: str | None = None):
+        """Context manager over hook points: ``edit(point, h)`` may return a replacement for h (None
+        keeps it); the yielded dict holds each point's (edited) h of the latest forward; with
+        ``stop_after`` the forward ends after that point (``with`` absorbs it), as ROME's TraceDict.
+
+            with bb.trace(["blocks.0.resid_post"], stop_after="blocks.0.resid_post") as seen:
+                bb.logits(ids)
+            h = seen["blocks.0.resid_post"]
+        """
+        points = [points] if isinstance(points, str) else list(points)
+        return hooked({p: self.site(p) for p in points}, edit=edit, stop_after=stop_after)
+
+    @contextlib.contextmanager
+    def at_step(self, k: int | None):
+        """While active, ``self.step`` is the denoising step ``k`` (restored on exit)."""
+        prev, self.step = self.step, k
+        try:
+            yield self
+        finally:
+            self.step = prev
 
     # --- forward -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -152,27 +145,24 @@ class Backbone:
     def logits_at(self, input_ids, attention_mask, rows, cols) -> torch.Tensor:
         """[N, V]: ``logits(input_ids, attention_mask)[rows, cols]`` without the full [B, T, V].
 
-        The LM head is the biggest matmul of a small model's forward (45% of the tiny backbone's),
-        and a likelihood reads only the masked answer positions; a pre-hook on the output head
-        feeds it just those hidden states. Models without a findable head take the full path.
+        The LM head is the biggest matmul of a small model's forward and a likelihood reads only the
+        masked answer positions, so the head is fed just those hidden states (a pre-hook). Models
+        without a findable Linear head take the full path.
         """
         rows, cols = torch.as_tensor(rows, device=input_ids.device), torch.as_tensor(cols, device=input_ids.device)
         head = self._output_head()
         if head is None:
             return self.logits(input_ids, attention_mask)[rows, cols]
-        raw = (cols - 1).clamp(min=0) if self.adapter.shift_logits else cols  # Dream: i is scored at i-1
-        def select(mod, args):
-            h = args[0]
+        raw = (cols - 1).clamp(min=0) if self.family.shift_logits else cols  # Dream: i is scored at i-1
+
+        def select(_name, h):
             if not (h.is_floating_point() and h.dim() == 3 and h.shape[:2] == input_ids.shape):
                 raise RuntimeError(f"{self.name}: the output head got input of shape {tuple(h.shape)}, not the "
                                    f"[B, T, H] hidden states; use logits() for this model")
-            return (h[rows, raw][None], *args[1:])
+            return h[rows, raw][None]
 
-        handle = head.register_forward_pre_hook(select)
-        try:
+        with hooked({"head_in": (head, "input")}, edit=select):
             out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        finally:
-            handle.remove()
         logits = out if torch.is_tensor(out) else out.logits
         if logits.shape[:2] != (1, len(rows)):
             raise RuntimeError(f"{self.name}: the output head hook gave logits of shape {tuple(logits.shape)}")
@@ -188,11 +178,11 @@ class Backbone:
         """`logits` with autograd left on (for fine-tuning and gradient baselines)."""
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         logits = out if torch.is_tensor(out) else out.logits
-        if self.adapter.shift_logits:  # Dream predicts i+1 at i; realign so i scores i
+        if self.family.shift_logits:  # Dream predicts i+1 at i; realign so i scores i
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
 
-    # --- text helpers ------------------------------------------------------------------------
+    # --- text --------------------------------------------------------------------------------
     def prompt(self, question: str) -> str:
         return self.prompt_template.format(question=question)
 
@@ -204,12 +194,19 @@ class Backbone:
         bos = self.tokenizer.bos_token_id
         return ([bos] if bos is not None else []) + self.encode(self.prompt(question))
 
+    def answer_ids(self, answer: str, what: str = "answer") -> list[int]:
+        """The ids an answer is scored or generated as (``answer_prefix`` + answer, no EOS); an
+        answer that encodes to no tokens is an error (``what`` names it in the message)."""
+        ids = list(self.encode(self.answer_prefix + answer))
+        if not ids:
+            raise ValueError(f"{what} {answer!r} encodes to no tokens (answer_prefix={self.answer_prefix!r})")
+        return ids
+
     def __repr__(self):
-        return (f"Backbone({self.name!r}, adapter={self.adapter.name}, layers={self.n_layers}, "
+        return (f"Backbone({self.name!r}, family={self.family.name}, layers={self.n_layers}, "
                 f"hidden={self.hidden_size}, mask_id={self.mask_id})")
 
 
-# ---------------------------------------------------------------------------------------------
 def as_dtype(dtype, *, allow_auto: bool = False):
     """A torch floating dtype from a dtype or its name ("bfloat16", "torch.float16"); "auto"
     passes through where the loader supports it (HF). Anything else: a ValueError naming it."""
@@ -223,40 +220,3 @@ def as_dtype(dtype, *, allow_auto: bool = False):
             return got
     raise ValueError(f"dtype={dtype!r} is not a floating-point torch dtype "
                      f"(e.g. torch.float32 or 'bfloat16'{', or auto' if allow_auto else ''})")
-
-
-def _load_tiny(path: Path, device, dtype):
-    from safetensors.torch import load_file
-    from transformers import PreTrainedTokenizerFast
-
-    from .tiny.model import TinyConfig, TinyLM
-
-    meta = json.loads((path / "backbone.json").read_text())
-    cfg = TinyConfig.load(path / "config.json")
-    model = TinyLM(cfg)
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
-    tok = PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), **meta["special_tokens"])
-    dtype = as_dtype(dtype, allow_auto=True)
-    model.to(device=device or "cpu", dtype=torch.float32 if dtype in (None, "auto") else dtype).requires_grad_(False)  # frozen
-    adapter = ADAPTERS["tiny-causal" if cfg.causal else "tiny"]
-    return Backbone(model, tok, adapter, mask_id=tok.convert_tokens_to_ids(meta["special_tokens"]["mask_token"]),
-                    name=meta["name"], prompt_template=meta["prompt_template"], answer_prefix=meta["answer_prefix"])
-
-
-def tiny_names() -> list[str]:
-    return sorted(p.parent.name for p in WEIGHTS_DIR.glob("*/backbone.json")) if WEIGHTS_DIR.exists() else []
-
-
-def load_backbone(name_or_path, *, trust_remote_code=False, device=None, dtype=None, adapter=None,
-                  mask_id=None, prompt_template="{question}"):
-    """Load a tiny embedded model by name, a saved tiny model directory, or a hub/local HF model."""
-    as_dtype(dtype, allow_auto=True)  # a bad dtype fails before any loading
-    path = Path(name_or_path)
-    if (WEIGHTS_DIR / str(name_or_path) / "backbone.json").exists():
-        return _load_tiny(WEIGHTS_DIR / str(name_or_path), device, dtype)
-    if (path / "backbone.json").exists():
-        return _load_tiny(path, device, dtype)
-    from .hf import load_hf_backbone  # real backbones: imported only when used
-
-    return load_hf_backbone(name_or_path, trust_remote_code=trust_remote_code, device=device, dtype=dtype,
-                            adapter=adapter, mask_id=mask_id, prompt_template=prompt_template)

@@ -145,10 +145,10 @@ def _memory_facts(n, split="full"):
 
 def _plain_forward_s(bb, facts, target, batch_size):
     """Seconds for plain forwards (to the logits) over exactly the rows and batches a capture runs."""
-    from timerome.memory import _cloze_rows
+    from timerome.capture import cloze_rows
     from timerome.sampler import left_pad
 
-    rows, _ = _cloze_rows(bb, facts, target, False)
+    rows, _ = cloze_rows(bb, facts, target, False)
     seqs = sorted((s for _, p, _, a, t in rows for s in (p + a, p + t)), key=len)
     t0 = time.perf_counter()
     for i in range(0, len(seqs), batch_size):
@@ -188,7 +188,8 @@ def bench_memory(backbone_name="tiny-mdlm", layer=None, sizes=(10, 100, 400, 100
                  stream_facts=1000, repeats=7, stream_repeats=101, paper_hidden=4096, threads=None):
     import timerome
     from timerome import data
-    from timerome.memory import DEFAULT_TARGET, EditMemory, capture_keys, install
+    from timerome.capture import DEFAULT_TARGET, capture_keys
+    from timerome.memory import EditMemory, install
     from timerome.likelihood import encode_example
     from timerome.sampler import generate
 

@@ -1,141 +1,74 @@
 """log p(answer | question) under a backbone: the masked-diffusion ELBO, or exact AR teacher forcing.
 
-Entry points
-------------
-* `answer_logprob(backbone, questions, answers, *, n_mc=16, seed=0, batch_size=32)` -> float64
-  CPU tensor ``[N]`` of summed log-probabilities (nats) of each answer given its question.
-* `answer_logprob_details(...)` -> `AnswerLogprob(total, per_token, n_tokens, stderr)`, all ``[N]``
-  CPU tensors (float64; ``n_tokens`` int64).
-* `exact_elbo(backbone, question, answer)`: the MDLM ELBO computed exhaustively (every mask count
-  and every mask subset) -- the expectation that both Monte-Carlo estimators target; for tests and
-  small-answer references. `elbo_terms` gives every value a single sample can take, by mask count
-  (hence the estimators' exact variances).
+`answer_logprob(backbone, questions, answers, options=None, **fields)` -> ``[N]`` float64 CPU tensor
+of summed log-probabilities (nats); `answer_logprob_details` -> `AnswerLogprob(total, per_token,
+n_tokens, stderr)`. `ELBOOptions` holds the estimator's settings; keyword ``fields`` override it.
+`exact_elbo` / `elbo_terms` enumerate every mask of a short answer: the estimators' exact
+expectation and, through `mc_variance`, their exact variance with independent positions.
 
-Tokenisation (what is scored, what is context)
-----------------------------------------------
-Exactly as the sampler and `metrics.generate_answers` prompt the backbone::
+Tokenisation: the model sees ``[prompt | answer | EOS]``, ``backbone.prompt_ids(question)`` (BOS +
+prompt, as the sampler prompts) then ``backbone.answer_ids(answer)`` (``answer_prefix`` + answer).
+Only answer tokens are masked and scored (``n_tokens`` excludes the EOS). The EOS is visible context
+because this artifact's MDLMs are trained on ``answer + EOS fill``: an answer that ends the sequence
+is a context they never saw, and scores a looser, noisier bound (compare
+``python -m timerome.bench likelihood`` with ``--no-eos-tail``). ``eos_tail=False`` is LLaDA's
+``get_log_likelihood`` protocol, for base models scored on text continuations.
 
-    prompt = [BOS if the tokenizer has one] + backbone.encode(backbone.prompt(question))
-    answer = backbone.encode(backbone.answer_prefix + answer)           # no EOS
-    context = [prompt | answer | EOS]   (eos_tail=True, the default)
-              [prompt | answer]         (eos_tail=False: LLaDA's ``get_log_likelihood``)
+MDLMs: the prompt is never masked. A sample masks ``l`` of the ``L`` answer tokens uniformly without
+replacement and scores ``(L / l) * sum_{masked i} log p(x_i | unmasked)``; with ``l`` uniform on
+``1..L`` its expectation is the ELBO (the expected any-order autoregressive log-likelihood).
 
-Only the answer tokens are masked and scored (TOFU-style metrics score the answer text, not the
-stop token), so ``n_tokens`` is the answer length without EOS. The EOS after the answer is
-visible context, never masked: every MDLM of this artifact (the tiny recipe and the paper
-profile's fine-tune, `finetune`) is trained on ``answer + EOS fill``, so an answer that simply
-stops at the end of the sequence is a context it has never seen. Measured on tiny-mdlm (forget10
-facts 0-39): without the tail, the log-probability of a token masked alone with the rest of its
-answer visible is far off -- summed over the answer, -9.37 nats with no tail vs -2.83 with one
-EOS (-2.02 with four), the spread of the ``l = 1`` samples 18.8 vs 5.0 nats -- so the tail gives a
-tighter bound (all 400 forget10 answers: mean ELBO -5.79 vs -10.09 nats) and a 2.1x smaller i.i.d.
-standard error (``python -m timerome.bench likelihood [--no-eos-tail]``). ``eos_tail=False`` keeps
-LLaDA's protocol for base models scored on text continuations.
+* ``stratified`` (default): the mask ratio ``t = l / L`` in (0, 1] is cut into ``n_mc`` strata; sample
+  ``j`` draws ``t_j`` uniformly in its stratum (``l_j = floor(t_j L) + 1``) and is weighted by the
+  stratum's width, so the estimate stays unbiased and loses most of the between-count variance.
+  ``strata=(a, b)`` (`DEFAULT_STRATA`) puts the edges at Beta(a, b) quantiles: U-shaped, so more and
+  narrower strata sit where samples vary most (few masked tokens, each weighted by ``L / l``) and
+  where the expected value moves fastest (the last context tokens vanish). ``strata=None``: even
+  strata. ``shared_offset``: one offset for all strata (LLaDA's systematic sampling), whose errors
+  then move together along the trend in ``t`` instead of cancelling. (LLaDA rounds its counts
+  half-to-even: ``L=4, n_mc=8`` gives counts 1..4 with frequencies 1/8, 3/8, 1/8, 3/8; continuous
+  offsets avoid that bias.)
+* ``balanced`` (default: follows ``stratified``): sample ``j`` masks a window of ``l_j`` consecutive
+  entries of one uniform permutation of the positions, the windows laid end to end, so every position
+  is masked about equally often. A window is a uniform ``l_j``-subset (still unbiased); the samples'
+  within-count errors become negatively correlated. ``stratified=False``: i.i.d. counts and subsets.
 
-Masked diffusion (``backbone.is_causal`` False): Monte-Carlo ELBO
------------------------------------------------------------------
-The prompt is never masked. For an answer of ``L`` tokens, one sample masks exactly ``l``
-answer tokens chosen uniformly without replacement and scores
-``(L / l) * sum_{masked i} log p(x_i | unmasked)``; the estimate averages ``n_mc`` samples
-(weighted by stratum width when stratified, below). With ``l`` uniform on ``1..L`` its expectation is the ELBO
-``E_l E_S [(L/l) sum_{i in S} log p(x_i | x_{not S})]`` = the expected any-order
-autoregressive log-likelihood over uniformly random orders, which by Jensen is a lower bound on
-the log of the order-mixture likelihood ``log E_order p_order(answer | question)`` (tight when
-the model's conditionals agree across orders, e.g. when they are context-free).
+The defaults were chosen on measured standard errors: ``python -m timerome.bench likelihood`` measures
+each variant against i.i.d. per ``--block`` of forget10 facts (the Beta parameters were fitted on facts
+100-199). ``stderr`` is the naive standard error ``sqrt(n/(n-1) sum_j w_j^2 (Y_j - total)^2)`` (NaN
+for ``n_mc == 1``); it ignores the stratification, so it usually over-states the error.
 
-* ``stratified=True`` (default): stratified sampling of the mask ratio ``t = l / L``. The ratio
-  axis ``(0, 1]`` is cut into ``n_mc`` strata ``[e_j, e_{j+1})``; sample ``j`` draws its own uniform
-  offset ``u_j`` and sits at ``t_j = e_j + u_j (e_{j+1} - e_j)``, ``l_j = floor(t_j L) + 1``, and the
-  estimate is ``sum_j (e_{j+1} - e_j) * (L / l_j) * sum_{masked i} log p(...)``: each stratum is
-  sampled uniformly and weighted by its probability, so the estimate is unbiased, and a model
-  whose sample value does not depend on ``l`` (context-free, equal token probabilities) is still
-  scored exactly. ``shared_offset=True``: one offset ``u`` for all strata (LLaDA's systematic
-  sampling: its ``forward_process`` draws one integer offset and spreads the counts evenly). The
-  expected score typically falls as ``t`` grows (less of the answer visible), and a shared
-  offset moves every sample the same way along that trend, so their errors add up; independent
-  offsets let them cancel (tiny-mdlm, 400 forget10 answers, 20 seeds: SE/i.i.d. 0.655 vs 0.686).
-  ``strata=None``: even strata ``e_j = j / n_mc``. (LLaDA rounds ``linspace(k, k + (n-1) L/n)``
-  half-to-even, so when ``L/n`` has a fractional .5 its counts are not uniform over 1..L: for
-  ``L=4, n_mc=8`` they are 1,2,3,4 with frequencies 1/8, 3/8, 1/8, 3/8 -- a small bias; the
-  continuous offsets avoid that.) ``strata=(a, b)`` (default `DEFAULT_STRATA` = (0.6, 0.8)): the
-  ``e_j`` are the ``j / n_mc`` quantiles of a Beta(a, b) density, i.e. a Neyman-style allocation.
-  Why: a sample with few masked tokens scores few tokens and weighs each by ``L / l``, so its
-  spread is by far the largest (on tiny-mdlm's forget10 answers, ``L`` about 40, the mean
-  per-sample variance at ``l = 1`` is ~40x that at ``l = 20``), and near ``t = 1`` the expected value
-  changes fastest as the last context tokens disappear; the U-shaped Beta(0.6, 0.8) puts more,
-  narrower strata at both ends and fewer, wider ones in the middle. The parameters were chosen
-  from per-count variances of tiny-mdlm on forget10 facts 100-199 (a in 0.5-0.6, b in 0.8-1.0
-  are equally good, also with independent offsets); ``python -m timerome.bench likelihood``
-  measures every 100-fact block of forget10.
-* ``balanced`` (default: on with ``stratified``): the positions are balanced across the samples
-  too. One uniform permutation of the answer positions is drawn per example and sample ``j``
-  masks a window of ``l_j`` consecutive entries of it, the windows laid end to end around the
-  permutation; every position is then masked by about the same number of samples (weighted by
-  ``L / l_j``), instead of some positions by many samples and others by none. A window of a
-  uniform permutation is a uniform ``l_j``-subset, so each sample has exactly the distribution
-  above and the estimate stays unbiased; only the samples' errors become negatively correlated
-  (systematic sampling of the positions).
-* ``stratified=False``: each sample draws ``l`` uniformly from ``1..L`` and its own uniform
-  subset of positions, independently of the others (plain i.i.d.; ``balanced`` off by default;
-  ``strata`` unused).
+Causal backbones: exact teacher forcing ``sum_j log p(a_j | prompt, a_<j)``; the sampling options and
+``eos_tail`` are ignored and ``stderr`` is 0.
 
-Variance: a sample's variance is the spread of ``E[sample | l]`` over ``l`` (between) plus the
-spread over which ``l`` tokens are masked (within). Even strata remove most of the between part
-(all of it when ``L`` divides ``n_mc``) and leave the within part unchanged, so they help most
-when the expected value depends strongly on how much answer context is visible (trained models)
-and hardly at all for a model whose predictions ignore context; the Beta strata also cut the
-within part by giving the high-variance ends more samples. Balancing the positions
-attacks the within part: a sample with few masked tokens weighs each by ``L / l``, and its error
-is how far those tokens are from the answer's average, which the other samples' windows, covering
-the remaining positions, partly cancel. `mc_variance` computes the variances of the estimators
-with independent positions (``balanced=False``) exactly from `elbo_terms`; the balanced
-estimator's variance is measured (``python -m timerome.bench likelihood``).
+Seeding: each example has its own ``torch.Generator``, seeded by `rng.stable_seed` of ``(seed,
+question, answer)``. Its estimate does not depend on the other examples, their order or
+``batch_size`` (up to float round-off), and two backbones with one tokenizer (a model and its edited
+copy) see the same masks: common random numbers, for lower-variance differences.
 
-``stderr`` is the naive standard error of the weighted mean over the ``n_mc`` samples,
-``sqrt(n/(n-1) * sum_j w_j^2 (Y_j - total)^2)`` with ``w_j`` the stratum widths (``1/n`` for
-i.i.d. and even strata: ``std(ddof=1) / sqrt(n_mc)``; NaN for ``n_mc == 1``). It ignores the
-stratification, so it usually over-states the error.
-
-Random numbers: every example gets its own ``torch.Generator`` seeded from a hash of
-``(seed, question, answer)``. An example's estimate is therefore a deterministic function of
-``(backbone, question, answer, n_mc, seed)`` and the estimator options: it does not depend on the other
-examples, its position in the list, or ``batch_size`` (up to float round-off from different
-padding). Two backbones with the same tokenizer (e.g. a model and its edited copy) see the same
-masks for the same example -- common random numbers, which lowers the variance of differences.
-Duplicated (question, answer) pairs get identical estimates.
-
-Causal backbones (``is_causal`` True): the exact teacher-forced log-probability
-``sum_j log p(a_j | prompt, a_<j)``, where logits at position ``i`` predict token ``i + 1`` (the
-AR convention; `Backbone.logits` only re-aligns shifted *diffusion* models). ``n_mc``, ``seed``, the
-estimator options and ``eos_tail`` (nothing after the answer changes its causal scores) are ignored
-and ``stderr`` is 0.
-
-Batching and padding
---------------------
-Each (example, sample) pair is one row; rows are sorted by length and run ``batch_size`` rows
-per forward. Rows are left-padded with the pad id and an ``attention_mask`` marks the padding,
-as `sampler.left_pad` does for generation; the embedded TinyLM makes padding invisible (padding
-keys are masked out and positions count real tokens only). For backbones whose remote code
-ignores ``attention_mask`` pass ``group_by_length=True``: each forward then holds rows of a single
-length only, no padding at all, and no attention mask is passed.
-
-Everything runs under ``torch.no_grad``. Log-softmax is taken in float32 from the backbone's
-logits; sums and means are float64; all returned tensors live on the CPU.
+Batching: one row per (example, sample), sorted by length, ``batch_size`` rows per forward, left-padded
+with an ``attention_mask``; ``group_by_length=True`` runs single-length batches without padding or
+mask (for remote code that ignores ``attention_mask``). Runs under ``torch.no_grad``; log-softmax in
+float32, sums in float64, results on the CPU.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-import hashlib
 import itertools
-import json
 import math
+import numbers
 from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["AnswerLogprob", "answer_logprob", "answer_logprob_details", "exact_elbo", "encode_example",
+from .rng import stable_seed
+
+__all__ = ["AnswerLogprob", "ELBOOptions", "answer_logprob", "answer_logprob_details", "exact_elbo", "encode_example",
            "elbo_terms", "mc_variance", "mask_counts", "sample_masks", "strata_edges", "answer_tail", "DEFAULT_STRATA"]
+
+DEFAULT_STRATA = (0.6, 0.8)  # Beta(a, b) whose quantiles cut the mask-ratio strata (module docstring)
 
 
 class AnswerLogprob(NamedTuple):
@@ -145,14 +78,64 @@ class AnswerLogprob(NamedTuple):
     stderr: torch.Tensor  # [N] float64: Monte-Carlo standard error of `total` (0 for causal backbones)
 
 
+@dataclasses.dataclass(frozen=True)
+class ELBOOptions:
+    """Settings of `answer_logprob` (module docstring); validated on construction."""
+    n_mc: int = 16  # Monte-Carlo samples per example (MDLMs)
+    seed: int = 0
+    batch_size: int = 32  # rows per forward
+    stratified: bool = True
+    balanced: bool | None = None  # None: follows stratified
+    strata: tuple[float, float] | None = DEFAULT_STRATA  # Beta(a, b) strata edges; None: even strata
+    shared_offset: bool = False
+    eos_tail: bool = True
+    group_by_length: bool = False
+
+    def __post_init__(self):
+        def bad(name, what, error=TypeError):
+            raise error(f"ELBOOptions.{name}={getattr(self, name)!r}: {what}")
+
+        for name, lo in (("n_mc", 1), ("seed", None), ("batch_size", 1)):
+            v = getattr(self, name)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+                bad(name, "must be an int")
+            if lo is not None and v < lo:
+                bad(name, f"must be >= {lo}", ValueError)
+            object.__setattr__(self, name, int(v))
+        for name in ("stratified", "balanced", "shared_offset", "eos_tail", "group_by_length"):
+            v = getattr(self, name)
+            if not (isinstance(v, (bool, np.bool_)) or v is None and name == "balanced"):
+                bad(name, "must be a bool" + (" or None" if name == "balanced" else ""))
+            object.__setattr__(self, name, None if v is None else bool(v))
+        if self.strata is not None:
+            s = () if isinstance(self.strata, str) or not np.iterable(self.strata) else tuple(self.strata)
+            if len(s) != 2 or not all(isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) for x in s):
+                bad("strata", "must be None or a pair (a, b) of Beta parameters")
+            if not all(math.isfinite(x) and x > 0 for x in s):
+                bad("strata", "Beta parameters (a, b) must be finite and > 0", ValueError)
+            object.__setattr__(self, "strata", tuple(float(x) for x in s))
+
+    def replace(self, **fields) -> "ELBOOptions":
+        """A copy with ``fields`` changed; an unknown field name is a TypeError."""
+        valid = [f.name for f in dataclasses.fields(self)]
+        unknown = [k for k in fields if k not in valid]
+        if unknown:
+            raise TypeError(f"unknown ELBOOptions field(s) {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+        return dataclasses.replace(self, **fields) if fields else self
+
+
+def _options(options, fields) -> ELBOOptions:
+    if options is None:
+        options = ELBOOptions()
+    elif not isinstance(options, ELBOOptions):
+        raise TypeError(f"options must be an ELBOOptions or None, not {type(options).__name__}")
+    return options.replace(**fields)
+
+
 # --- tokenisation ------------------------------------------------------------------------------
 def encode_example(backbone, question: str, answer: str) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids) exactly as the backbone is prompted; the answer has no EOS."""
-    prompt = backbone.prompt_ids(question)
-    ans = list(backbone.encode(backbone.answer_prefix + answer))
-    if not ans:
-        raise ValueError(f"answer {answer!r} encodes to no tokens (answer_prefix={backbone.answer_prefix!r})")
-    return prompt, ans
+    return backbone.prompt_ids(question), backbone.answer_ids(answer)
 
 
 def answer_tail(backbone, eos_tail: bool = True) -> list[int]:
@@ -164,15 +147,8 @@ def answer_tail(backbone, eos_tail: bool = True) -> list[int]:
     return [int(backbone.eos_id)]
 
 
-def _example_seed(seed: int, question: str, answer: str) -> int:
-    key = json.dumps([int(seed), question, answer], ensure_ascii=False).encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
-
 
 # --- mask sampling -----------------------------------------------------------------------------
-DEFAULT_STRATA = (0.6, 0.8)  # Beta(a, b) whose quantiles cut the mask-ratio strata (module docstring)
-
-
 @functools.lru_cache(maxsize=64)
 def _strata_edges(n_mc: int, strata) -> torch.Tensor:
     if strata is None:
@@ -274,31 +250,26 @@ def _score_rows(backbone, rows: list[_Row], batch_size: int, group_by_length: bo
     return out
 
 
-def _check_args(questions, answers, n_mc, batch_size):
+def _check_args(questions, answers):
     if isinstance(questions, str) or isinstance(answers, str):
         raise TypeError("questions and answers must be sequences of strings, not a single string")
     if len(questions) != len(answers):
         raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
-    if int(n_mc) < 1:
-        raise ValueError(f"n_mc={n_mc} must be >= 1")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
 
 
 # --- public API --------------------------------------------------------------------------------
 @torch.no_grad()
-def answer_logprob_details(backbone, questions: Sequence[str], answers: Sequence[str], *, n_mc: int = 16,
-                           seed: int = 0, batch_size: int = 32, stratified: bool = True, balanced: bool | None = None,
-                           strata=DEFAULT_STRATA, shared_offset: bool = False, eos_tail: bool = True,
-                           group_by_length: bool = False) -> AnswerLogprob:
+def answer_logprob_details(backbone, questions: Sequence[str], answers: Sequence[str],
+                           options: ELBOOptions | None = None, **fields) -> AnswerLogprob:
     """Per example: log p(answer | question) (MC ELBO for MDLMs, exact for causal LMs) and friends.
 
+    ``options`` (default ``ELBOOptions()``) with ``fields`` replaced, e.g. ``n_mc=8, seed=1``.
     ``batch_size`` is the number of rows per forward (a row is one (example, MC sample) pair for
-    MDLMs, one example for causal LMs). See the module docstring for tokenisation, the estimator,
-    seeding and padding.
+    MDLMs, one example for causal LMs). See the module docstring.
     """
-    _check_args(questions, answers, n_mc, batch_size)
-    N = len(questions)
+    opt = _options(options, fields)
+    _check_args(questions, answers)
+    N, n_mc, batch_size, by_len = len(questions), opt.n_mc, opt.batch_size, opt.group_by_length
     enc = [encode_example(backbone, q, a) for q, a in zip(questions, answers)]
     n_tokens = torch.tensor([len(a) for _, a in enc], dtype=torch.long)
     if N == 0:
@@ -311,23 +282,23 @@ def answer_logprob_details(backbone, questions: Sequence[str], answers: Sequence
             if not p:
                 raise ValueError("a causal backbone needs a non-empty prompt (no BOS and an empty prompt)")
             rows.append(_Row(p + a, list(range(len(p) - 1, len(p) + len(a) - 1)), a))
-        total = _score_rows(backbone, rows, batch_size, group_by_length)
+        total = _score_rows(backbone, rows, batch_size, by_len)
         return AnswerLogprob(total, total / n_tokens, n_tokens, torch.zeros(N, dtype=torch.float64))
 
-    n_mc, mask_id, tail = int(n_mc), backbone.mask_id, answer_tail(backbone, eos_tail)
+    mask_id, tail = backbone.mask_id, answer_tail(backbone, opt.eos_tail)
     rows, factors, weights = [], [], []
     for (p, a), q, ans in zip(enc, questions, answers):
         L = len(a)
-        gen = torch.Generator().manual_seed(_example_seed(seed, q, ans))
-        counts, w, masks = sample_masks(L, n_mc, gen, stratified=stratified, balanced=balanced, strata=strata,
-                                        shared_offset=shared_offset)
+        gen = torch.Generator().manual_seed(stable_seed(opt.seed, q, ans, bits=63))
+        counts, w, masks = sample_masks(L, n_mc, gen, stratified=opt.stratified, balanced=opt.balanced,
+                                        strata=opt.strata, shared_offset=opt.shared_offset)
         for j in range(n_mc):
             m = masks[j].tolist()
             rows.append(_Row(p + [mask_id if mj else t for t, mj in zip(a, m)] + tail,
                              [len(p) + i for i in range(L) if m[i]], [t for t, mj in zip(a, m) if mj]))
             factors.append(L / int(counts[j]))
         weights.append(w)
-    samples = (_score_rows(backbone, rows, batch_size, group_by_length)
+    samples = (_score_rows(backbone, rows, batch_size, by_len)
                * torch.tensor(factors, dtype=torch.float64)).view(N, n_mc)  # each an unbiased estimate of g(l_j)
     weights = torch.stack(weights)  # [N, n_mc], rows sum to 1
     total = (weights * samples).sum(1)
@@ -338,18 +309,11 @@ def answer_logprob_details(backbone, questions: Sequence[str], answers: Sequence
     return AnswerLogprob(total, total / n_tokens, n_tokens, stderr)
 
 
-def answer_logprob(backbone, questions: Sequence[str], answers: Sequence[str], *, n_mc: int = 16, seed: int = 0,
-                   batch_size: int = 32, stratified: bool = True, balanced: bool | None = None,
-                   strata=DEFAULT_STRATA, shared_offset: bool = False, eos_tail: bool = True,
-                   group_by_length: bool = False) -> torch.Tensor:
-    """[N] float64 CPU tensor: summed log p(answer | question) in nats (MC ELBO for MDLMs).
-
-    See `answer_logprob_details` and the module docstring.
-    """
-    return answer_logprob_details(backbone, questions, answers, n_mc=n_mc, seed=seed, batch_size=batch_size,
-                                  stratified=stratified, balanced=balanced, strata=strata,
-                                  shared_offset=shared_offset, eos_tail=eos_tail,
-                                  group_by_length=group_by_length).total
+def answer_logprob(backbone, questions: Sequence[str], answers: Sequence[str], options: ELBOOptions | None = None,
+                   **fields) -> torch.Tensor:
+    """[N] float64 CPU tensor: summed log p(answer | question) in nats (MC ELBO for MDLMs); the
+    ``total`` of `answer_logprob_details` (same arguments)."""
+    return answer_logprob_details(backbone, questions, answers, options, **fields).total
 
 
 @torch.no_grad()

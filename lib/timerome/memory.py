@@ -1,18 +1,5 @@
 """The edit memory: a multi-fact, low-rank, inference-time residual edit (paper 002 §III-C/D).
 
-Capture (Eq. 6-9, Algorithm 1 lines 10-14). For each fact z, at one coordinate (ℓ*, m*) and with
-nothing masked (denoising step 0), two forwards:
-
-* ``[prompt ; original answer]``: u_z = mean of the hooked output over the subject positions S_z
-  (found by `tracer.subject_positions`, so exactly the tokens the tracer corrupts), v_o = mean
-  over the answer positions;
-* ``[prompt ; target]`` (default target "I don't know."): v_t = mean over the target positions;
-
-and d_z = v_t - v_o. Prompts and answers are tokenised as everywhere else in the package
-(`likelihood.encode_example`: BOS if any, ``backbone.prompt(question)``, ``answer_prefix``).
-The forward stops right after the hooked module (nothing later is needed), so capture costs
-less than a plain forward.
-
 Memory (Eq. 11-12). U, D ∈ R^{|F|×H}; G = (UUᵀ + λI)⁻¹ is never formed: the ridge Gram matrix
 is Cholesky-factorised (float64) and W = G U is precomputed once by triangular solves, so a
 forward costs c = W h (|F|·H per token), TopQ_q on |c| per token (q = 0: dense), then α Dᵀ c.
@@ -34,10 +21,14 @@ the module's output at every position of every forward (``steps=None`` or ``-1``
 k* = -1), or only in forwards whose denoising step ``backbone.step`` (set by `sampler.generate`
 and the tracer) is in ``steps``. A step-restricted edit does not fire in forwards outside a
 sampler (``backbone.step`` is None, e.g. likelihood scoring).
+
+The keys and deltas come from `timerome.capture` (Eq. 6-9); the Cholesky kernels of the streaming
+updates from `timerome.ridge`. This module stays over 400 lines for one reason: the factorisation,
+its streaming insert/remove and the Eq. 12 forward share the memory's row buffers and caches, and
+splitting them would expose those internals.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -46,13 +37,13 @@ from pathlib import Path
 
 import torch
 
-from .backbones import KINDS
-from .hooks import edit_output
+from .backbones import MODULES, point
+from .capture import DEFAULT_TARGET, capture_keys, sync
+from .ridge import cho_solve, cholesky_rank1, half_solves
 
 FORMAT = "timerome-edit-memory"
 FORMAT_VERSION = 1
 TENSORS_FILE, META_FILE = "memory.safetensors", "memory.json"
-DEFAULT_TARGET = "I don't know."
 _META_FIELDS = ("layer", "module", "alpha", "lam", "q", "keys", "backbone", "hidden_size", "n_facts", "target")
 GRAM_FORMS = ("auto", "facts", "hidden")  # which ridge Gram matrix is factorised (see the module docstring)
 
@@ -111,135 +102,27 @@ def _steps(steps):
 
 
 # =================================================================================== install
-@contextlib.contextmanager
 def install(backbone, delta, layer: int, module: str = "resid", steps=None, hidden_size: int | None = None):
-    """While active, output h of ``module`` at ``layer`` becomes ``h + delta(h)`` (cast to h's dtype).
+    """Context manager: while active, output h of ``module`` at ``layer`` becomes ``h + delta(h)``
+    (cast to h's dtype).
 
     ``steps``: None or -1 = every forward; else only forwards whose ``backbone.step`` is in it.
     ``delta(h)`` may return None (no edit). On exit, also by exception, the hook is removed.
     """
-    if module not in KINDS:
-        raise ValueError(f"module={module!r}; an edit is installed at one of {KINDS}")
+    if module not in MODULES:
+        raise ValueError(f"module={module!r}; an edit is installed at one of {MODULES}")
     if hidden_size is not None and hidden_size != backbone.hidden_size:
         raise ValueError(f"the edit has hidden size {hidden_size} but {backbone.name or 'the backbone'} has "
                          f"hidden size {backbone.hidden_size}: it was captured on another model")
-    target = backbone.hook_module(layer, module)  # validates the layer index
     only = _steps(steps)
 
-    def edit(h):
-        if only is not None and getattr(backbone, "step", None) not in only:
+    def edit(_point, h):
+        if only is not None and backbone.step not in only:
             return None
         d = delta(h)
         return None if d is None else h + d.to(h.dtype)
 
-    with edit_output(target, edit):
-        yield
-
-
-# =================================================================================== capture
-class _Stop(Exception):
-    """Raised by the capture hook: nothing after the hooked module is needed."""
-
-
-def _cloze_rows(backbone, facts, target, skip_unlocatable):
-    """Per usable fact: (fact, prompt ids, S, answer ids, target ids); and the skipped fact ids."""
-    from .tracer import SubjectError, subject_positions
-
-    tgt = list(backbone.encode(backbone.answer_prefix + target))
-    if not tgt:
-        raise ValueError(f"target {target!r} encodes to no tokens")
-    rows, skipped = [], []
-    for f in facts:
-        try:
-            prompt, S = subject_positions(backbone, f)
-        except SubjectError:
-            if not skip_unlocatable:
-                raise
-            skipped.append(f.fact_id)
-            continue
-        ans = list(backbone.encode(backbone.answer_prefix + f.answer))
-        if not ans:
-            raise ValueError(f"fact {f.fact_id}: answer {f.answer!r} encodes to no tokens")
-        rows.append((f, prompt, S, ans, tgt))
-    return rows, skipped
-
-
-@torch.no_grad()
-def _hooked_means(backbone, seqs, spans, layer, module, batch_size, early_exit) -> torch.Tensor:
-    """Token sequences ``seqs`` (lists of ids) and per sequence a list of position lists
-    ``spans[i]`` -> [total number of position lists, H] float64 on the backbone's device, in
-    order: the mean hooked output over each position list."""
-    from .sampler import _step_clock, left_pad
-
-    target = backbone.hook_module(layer, module)
-    H = backbone.hidden_size
-    first = [0]
-    for s in spans:
-        first.append(first[-1] + len(s))  # output row of each sequence's first position list
-    out = torch.zeros(first[-1], H, dtype=torch.float64, device=backbone.device)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # similar lengths share a batch
-    got = {}
-
-    def grab(h):
-        got["h"] = h
-        if early_exit:
-            raise _Stop  # the rest of the forward is not needed
-        return None
-
-    with _step_clock(backbone), edit_output(target, grab):
-        backbone.step = 0  # the capture forward is step 0 (nothing masked)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            ids, att = left_pad([seqs[i] for i in idx], backbone.pad_id, backbone.device)
-            T = ids.shape[1]
-            flat, owner = [], []  # (row of the flattened h, output row) pairs: one index_add per batch
-            for b, i in enumerate(idx):
-                shift = b * T + T - len(seqs[i])  # left padding
-                for j, pos in enumerate(spans[i]):
-                    flat += [shift + p for p in pos]
-                    owner += [first[i] + j] * len(pos)
-            try:
-                backbone.logits(ids, None if bool(att.all()) else att)
-            except _Stop:
-                pass
-            h = got.pop("h").reshape(-1, H)
-            dev = h.device
-            out.index_add_(0, torch.as_tensor(owner, device=dev), h[torch.as_tensor(flat, device=dev)].double())
-    sizes = torch.tensor([len(p) for s in spans for p in s], dtype=torch.float64, device=out.device)
-    return out / sizes[:, None]
-
-
-def capture_keys(backbone, facts, layer: int, *, module: str = "resid", target: str = DEFAULT_TARGET,
-                 batch_size: int = 32, skip_unlocatable: bool = False, early_exit: bool = True) -> dict:
-    """Eq. 6-9 for a list of facts -> dict(U, D: [n, H] float64 on the backbone's device, fact_ids,
-    skipped, capture_s).
-
-    A fact whose subject is not in its question raises `tracer.SubjectError`; with
-    ``skip_unlocatable`` it is left out and its id listed in ``skipped``. ``early_exit=False``
-    runs every forward through to the logits (for benchmarks only: the keys are identical).
-    """
-    if module not in KINDS:
-        raise ValueError(f"module={module!r}; keys are captured at one of {KINDS}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
-    facts = list(facts)
-    if not facts:
-        raise ValueError("no facts to capture: the fact list is empty")
-    backbone.hook_module(layer, module)  # a bad layer fails before any work
-    t0 = time.perf_counter()
-    rows, skipped = _cloze_rows(backbone, facts, target, skip_unlocatable)
-    if not rows:
-        raise ValueError(f"none of the {len(facts)} facts has a subject in its question (skipped {skipped[:5]}...)")
-    seqs, spans = [], []
-    for _, prompt, S, ans, tgt in rows:
-        P = len(prompt)
-        seqs += [prompt + ans, prompt + tgt]  # the key and the original value share one forward
-        spans += [[S, list(range(P, P + len(ans)))], [list(range(P, P + len(tgt)))]]
-    means = _hooked_means(backbone, seqs, spans, layer, module, batch_size, early_exit).view(len(rows), 3, -1)
-    U, V_o, V_t = means[:, 0], means[:, 1], means[:, 2]
-    _sync(U.device)
-    return {"U": U.contiguous(), "D": (V_t - V_o).contiguous(), "fact_ids": [r[0].fact_id for r in rows],
-            "skipped": skipped, "capture_s": time.perf_counter() - t0}
+    return backbone.trace(point(module, layer), edit=edit)  # validates the layer index
 
 
 # =============================================================================== single fact
@@ -328,8 +211,8 @@ class EditMemory:
             raise ValueError(f"gram={gram!r}; expected one of {GRAM_FORMS}")
         self.gram_choice = gram
         self.alpha, self.q = alpha, q  # validated by the setters
-        if module not in KINDS:
-            raise ValueError(f"module={module!r}; expected one of {KINDS}")
+        if module not in MODULES:
+            raise ValueError(f"module={module!r}; expected one of {MODULES}")
         keys = list(range(U.shape[0])) if keys is None else [_key(k) for k in keys]
         if len(keys) != U.shape[0]:
             raise ValueError(f"{len(keys)} keys for {U.shape[0]} facts")
@@ -342,7 +225,7 @@ class EditMemory:
         self.skipped: list = []
         t0 = time.perf_counter()
         self._factorise()
-        _sync(self.U.device)
+        sync(self.U.device)
         self.timings = {"solve_s": time.perf_counter() - t0}
 
     @classmethod
@@ -412,7 +295,7 @@ class EditMemory:
             if int(info) != 0:
                 raise torch.linalg.LinAlgError(f"the ridge Gram matrix is not numerically positive definite "
                                                f"(lam={self.lam:g}); use a larger lam")
-            W = _cho_solve(L, self.U) if self.gram == "facts" else _cho_solve(L, self.U.T).T
+            W = cho_solve(L, self.U) if self.gram == "facts" else cho_solve(L, self.U.T).T
         self._adopt(self.U, self.D, W.contiguous(), L)
 
     def _adopt(self, U, D, W, L):
@@ -549,9 +432,9 @@ class EditMemory:
             self.L = L
         else:
             # K' = K + uuᵀ: Sherman-Morrison with z = K⁻¹u, β = 1 + uᵀz gives W' = [W - (Wu)zᵀ/β ; zᵀ/β]
-            w, z = _half_solves(self.L, u)
+            w, z = half_solves(self.L, u)
             beta = 1 + float(w @ w)
-            self.L = _cholesky_rank1(self.L, u, +1, w=w)
+            self.L = cholesky_rank1(self.L, u, +1, w=w)
             self.W.addr_(self.W @ u, z, alpha=-1 / beta)
             new_w = z / beta
         for name, row in (("U", u), ("D", d), ("W", new_w)):
@@ -572,20 +455,20 @@ class EditMemory:
             keep = torch.cat([torch.arange(k), torch.arange(k + 1, n)]).to(self.U.device)
             e = self.U.new_zeros(n, 1)
             e[k] = 1.0
-            g = _cho_solve(self.L, e)[:, 0]  # column k of G
+            g = cho_solve(self.L, e)[:, 0]  # column k of G
             # G without row/col k is G₋ₖ - g₋ₖ g₋ₖᵀ/γ (γ = G_kk), hence W' = W₋ₖ - g₋ₖ w_kᵀ/γ
             coef, vec, rank1_alpha = g[keep], self.W[k].clone(), -1 / float(g[k])
             # deleting row/col k of L leaves [[L11, 0], [L31, L33']] with L33'L33'ᵀ = L33L33ᵀ + l32 l32ᵀ
             L = self._spare_factor(m)
             L[:k, :k], L[:k, k:], L[k:, :k] = self.L[:k, :k], 0.0, self.L[k + 1:, :k]
             if k < n - 1:
-                L[k:, k:] = _cholesky_rank1(self.L[k + 1:, k + 1:].contiguous(), self.L[k + 1:, k], +1)
+                L[k:, k:] = cholesky_rank1(self.L[k + 1:, k + 1:].contiguous(), self.L[k + 1:, k], +1)
         else:
             # K' = K - uuᵀ (>= λI): z = K⁻¹u, β = 1 - uᵀz > 0, W' = W₋ₖ + (W₋ₖu)zᵀ/β
             u = self.U[k].clone()
-            w, z = _half_solves(self.L, u)
+            w, z = half_solves(self.L, u)
             coef, vec, rank1_alpha = None, z, 1 / (1 - float(w @ w))
-            L = _cholesky_rank1(self.L, u, -1, w=w)
+            L = cholesky_rank1(self.L, u, -1, w=w)
         for name in ("U", "D", "W"):  # close the gap (capacity kept)
             buf = self._bufs[name]
             buf[k:m] = buf[k + 1:n].clone()
@@ -687,42 +570,3 @@ class EditMemory:
         mem.skipped = k["skipped"]
         mem.timings = {"capture_s": k["capture_s"], "solve_s": mem.timings["solve_s"]}
         return mem
-
-
-def _cholesky_rank1(L, x, sign: int, w=None) -> torch.Tensor:
-    """Lower-triangular L' with L'L'ᵀ = LLᵀ + sign·xxᵀ in O(n²), vectorised (no loop over columns).
-
-    LLᵀ + σxxᵀ = L (I + σwwᵀ) Lᵀ with w = L⁻¹x, and I + σwwᵀ has the closed-form Cholesky factor
-    M_jj = √(t_j / t_{j-1}), M_ij = σ w_i w_j / √(t_j t_{j-1}) (i > j), t_j = 1 + σ Σ_{i<=j} w_i²;
-    so L' = L M, whose column j is M_jj L[:, j] + σ w_j / √(t_j t_{j-1}) · Σ_{i>j} w_i L[:, i], and
-    Σ_{i>j} w_i L[:, i] = x - Σ_{i<=j} w_i L[:, i] because L w = x: one cumulative sum. ``w`` may
-    be passed when the caller already solved for it. (A handful of whole-matrix operations: at
-    small n their count, not their flops, is the cost.)
-    """
-    if w is None:
-        w = torch.linalg.solve_triangular(L, x[:, None], upper=False)[:, 0]
-    w2 = w * w
-    t = torch.cumsum(w2, 0).mul_(sign).add_(1)
-    t_prev = torch.sub(t, w2, alpha=sign)  # t_{j-1} (t_{-1} = 1)
-    a = torch.sqrt(t / t_prev)  # M_jj
-    c = (w * a).div_(t if sign > 0 else -t)  # σ w_j / √(t_j t_{j-1}) = σ w_j a_j / t_j
-    head = (L * w).cumsum_(1)  # column j: Σ_{i<=j} w_i L[:, i]
-    out = (L * a).addr_(x, c).addcmul_(head, c, value=-1)  # a_j L[:, j] + (x - head_j) c_j
-    return out.tril_()  # the upper triangle is x - head = 0 up to round-off: make it exact
-
-
-def _half_solves(L, u):
-    """(w, z) = (L⁻¹u, (LLᵀ)⁻¹u): w serves three times in a rank-1 update, since uᵀ(LLᵀ)⁻¹u = ‖w‖²
-    and `_cholesky_rank1` needs it too."""
-    w = torch.linalg.solve_triangular(L, u[:, None], upper=False)
-    return w[:, 0], torch.linalg.solve_triangular(L.T, w, upper=True)[:, 0]
-
-
-def _cho_solve(L, B) -> torch.Tensor:
-    """(L Lᵀ)⁻¹ B by two triangular solves (torch.cholesky_solve copies to column-major first)."""
-    return torch.linalg.solve_triangular(L.T, torch.linalg.solve_triangular(L, B, upper=False), upper=True)
-
-
-def _sync(device):
-    if torch.device(device).type == "cuda":  # GPU work is asynchronous: time it when it is done
-        torch.cuda.synchronize(device)

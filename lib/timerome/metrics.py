@@ -56,6 +56,7 @@ import pandas as pd
 import torch
 from scipy import stats as _st
 
+from .likelihood import ELBOOptions, answer_logprob_details
 from .sampler import generate, generate_autoregressive
 
 __all__ = ["fact_deltas", "generate_answers", "answer_token_accuracy", "token_accuracy_summary", "split_role", "truth_ratio",
@@ -94,7 +95,7 @@ def answer_token_accuracy(backbone, facts, *, gen_length: int = 96, steps: int =
                                batch_size=batch_size, remasking=remasking)
     rows = []
     for f, got in zip(facts, answers):
-        gold = backbone.encode(backbone.answer_prefix + f.answer)
+        gold = backbone.answer_ids(f.answer, what=f"fact {f.fact_id}: gold answer")
         correct = sum(a == b for a, b in zip(got, gold))
         rows.append({"fact_id": f.fact_id, "n_tokens": len(gold), "correct": correct,
                      "accuracy": correct / len(gold), "exact": got == gold,
@@ -315,10 +316,11 @@ def _enter(edit):
     return cm
 
 
-def evaluate(backbone, split_facts, *, seeds: Iterable[int] = (0,), n_mc: int = 16,
+def evaluate(backbone, split_facts, *, seeds: Iterable[int] = (0,), n_mc: int | None = None,
              edit: Callable | None = None, rouge: bool = True, gen_length: int = 96, steps: int = 8,
-             with_truth_ratio: bool | Iterable[str] = True, remasking: str = "low_confidence", batch_size: int = 32,
-             gen_batch_size: int = 64, max_examples: int | None = None, root=None, eos_tail: bool = True) -> pd.DataFrame:
+             with_truth_ratio: bool | Iterable[str] = True, remasking: str = "low_confidence",
+             batch_size: int | None = None, gen_batch_size: int = 64, max_examples: int | None = None, root=None,
+             eos_tail: bool | None = None, elbo: ELBOOptions | None = None) -> pd.DataFrame:
     """TOFU per-example metrics of one backbone: one row per (split, fact, seed).
 
     ``split_facts``: ``{split name: [Fact]}``, or a list of TOFU split names loaded with
@@ -330,7 +332,7 @@ def evaluate(backbone, split_facts, *, seeds: Iterable[int] = (0,), n_mc: int = 
     world_facts) comes from its name (`split_role`). ``max_examples`` keeps each split's first
     examples (TOFU: 300).
 
-    ``seeds``: the Monte-Carlo ELBO seed (`likelihood.answer_logprob`, ``n_mc`` samples), and the
+    ``seeds``: the Monte-Carlo ELBO seed (`likelihood.answer_logprob`), and the
     sampler seed (which matters only for ``remasking="random"``; greedy low-confidence decoding is
     seed-free, so it is generated once). ``with_truth_ratio``: True (every split), False, or the split
     names that need it; a requested truth ratio needs ``perturbed_answers`` (and, on forget/retain,
@@ -339,15 +341,17 @@ def evaluate(backbone, split_facts, *, seeds: Iterable[int] = (0,), n_mc: int = 
     context manager (e.g. ``lambda: memory.installed(backbone, layer)``), entered once around all of
     the evaluation and exited afterwards, also on error.
 
-    ``eos_tail``: score each answer with the EOS after it as context (`likelihood`, the default) or
-    with nothing after it (LLaDA's protocol for base models).
+    ``elbo``: the `likelihood.ELBOOptions` answers are scored with (default ``ELBOOptions()``: n_mc 16,
+    batch_size 32, the EOS after the answer as context); its ``seed`` is replaced by each of ``seeds``.
+    ``n_mc``, ``batch_size`` (scoring rows per forward) and ``eos_tail`` (False: nothing after the
+    answer, LLaDA's protocol for base models), when given, override the same fields of ``elbo``.
 
     Columns: split, role, fact_id, seed, n_tokens, logprob, logprob_per_token, logprob_stderr, prob,
     para_nll, pert_nll (mean over k of the per-token NLLs), n_perturbed, truth_ratio, prob_norm,
     generation, rouge_l (NaN where not computed).
     """
-    from .likelihood import answer_logprob_details
-
+    given = {k: v for k, v in dict(n_mc=n_mc, batch_size=batch_size, eos_tail=eos_tail).items() if v is not None}
+    elbo = (ELBOOptions() if elbo is None else elbo).replace(**given)
     seeds = [int(s) for s in seeds]
     if isinstance(split_facts, str):
         split_facts = [split_facts]
@@ -394,8 +398,7 @@ def evaluate(backbone, split_facts, *, seeds: Iterable[int] = (0,), n_mc: int = 
                         pairs.append((f.question, p))
                 idx.append((i_ans, i_para, i_pert))
             for s in seeds:
-                d = answer_logprob_details(backbone, [q for q, _ in pairs], [a for _, a in pairs], n_mc=n_mc, seed=s,
-                                           batch_size=batch_size, eos_tail=eos_tail)
+                d = answer_logprob_details(backbone, [q for q, _ in pairs], [a for _, a in pairs], elbo.replace(seed=s))
                 nll = (-d.per_token).numpy()
                 gen = gens.get(s, gens.get(seeds[0])) if rouge else None
                 for j, (f, (i_ans, i_para, i_pert)) in enumerate(zip(facts, idx)):

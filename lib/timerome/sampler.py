@@ -9,12 +9,12 @@ its steps (remainder to the earliest steps). Only masks of the current block are
 mask id inside the prompt is context and never filled in), and the mask token itself is never
 proposed as a candidate (confidences are still read from the full distribution, as in LLaDA).
 
-While `generate` runs, ``backbone.step`` holds the global denoising step ``k`` (0-based) so a
-hook can act at chosen steps only; ``on_step(k, x)`` is called before each forward.
+Each forward runs inside ``backbone.at_step(k)`` (k the global denoising step, 0-based), so an
+edit can act at chosen steps only; ``on_step(k, x)`` is called before each forward. `propose` and
+`commit_mask` are the two halves of a greedy step, shared with the tracer.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import torch
@@ -52,7 +52,7 @@ def left_pad(prompts, pad_id: int, device=None):
     return ids.to(device), att.to(device)
 
 
-def _confidence(logits, x0, remasking, temperature, generator):
+def confidence(logits, x0, remasking, temperature, generator):
     """Per-position confidence, in float64: the commit order ranks these, and float32 round-off
     would turn near-ties into exact ties (or swap them) depending on the machine."""
     if remasking == "random":
@@ -68,13 +68,28 @@ def _confidence(logits, x0, remasking, temperature, generator):
     return top2[..., 0] - top2[..., 1]
 
 
-@contextlib.contextmanager
-def _step_clock(backbone):
-    prev = getattr(backbone, "step", None)
-    try:
-        yield
-    finally:
-        backbone.step = prev
+def propose(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """Greedy candidates: the argmax at every position, the runner-up where the argmax is the mask
+    token (committing it would leave the position masked). Only the offending positions are copied."""
+    x0 = logits.argmax(-1)
+    bad = x0 == mask_id
+    if bad.any():
+        alt = logits[bad].float()
+        alt[:, mask_id] = -torch.inf
+        x0[bad] = alt.argmax(-1)
+    return x0
+
+
+def commit_mask(conf: torch.Tensor, masked: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: per row, the ``n[b]`` most confident of the ``masked`` positions. Ranked in
+    float64 with exact ties to the lower position (a stable sort), so round-off cannot reorder them."""
+    conf = torch.where(masked, conf.double(), torch.full_like(conf, -torch.inf, dtype=torch.float64))
+    order = conf.argsort(dim=1, descending=True, stable=True)
+    take = torch.arange(conf.shape[1], device=conf.device)[None, :] < n[:, None]
+    commit = torch.zeros_like(masked)
+    rows = torch.arange(conf.shape[0], device=conf.device)[:, None].expand_as(order)
+    commit[rows[take], order[take]] = True
+    return commit
 
 
 @torch.no_grad()
@@ -118,45 +133,32 @@ def generate(backbone, prompt_ids, *, gen_length: int, steps: int, block_length:
     generator.manual_seed(0 if seed is None else int(seed))
     committed_at = torch.full((B, gen_length), -1, dtype=torch.long, device=device)
     steps_per_block = steps // n_blocks
-    rows = torch.arange(B, device=device)
 
-    with _step_clock(backbone):
-        k = 0
-        for b in range(n_blocks):
-            lo, hi = P + b * block_length, P + (b + 1) * block_length
-            schedule = num_transfer_tokens((x[:, lo:hi] == backbone.mask_id).sum(1), steps_per_block)
-            for i in range(steps_per_block):
-                backbone.step = k
+    k = 0
+    for b in range(n_blocks):
+        lo, hi = P + b * block_length, P + (b + 1) * block_length
+        schedule = num_transfer_tokens((x[:, lo:hi] == backbone.mask_id).sum(1), steps_per_block)
+        for i in range(steps_per_block):
+            with backbone.at_step(k):
                 if on_step is not None:
                     on_step(k, x)
-                masked = x == backbone.mask_id
-                masked[:, :lo] = False  # only the current block is filled: a mask id inside the
-                masked[:, hi:] = False  # prompt is context, and later blocks wait their turn
                 logits = backbone.logits(x, att)
-                # the mask token is never a candidate (committing it would leave the position
-                # masked); confidences still use the full distribution, as LLaDA computes them
-                if temperature > 0:  # Gumbel-max sampling of the candidates
-                    u = torch.rand(logits.shape, generator=generator, device=device).clamp_(1e-10, 1 - 1e-10)
-                    g = logits.float() / temperature - torch.log(-torch.log(u))
-                    g[..., backbone.mask_id] = -torch.inf
-                    x0 = g.argmax(-1)
-                else:
-                    x0 = logits.argmax(-1)
-                    bad = x0 == backbone.mask_id
-                    if bad.any():  # runner-up where the argmax is the mask token (no full-size copy)
-                        alt = logits[bad].float()  # a copy of the offending positions only
-                        alt[:, backbone.mask_id] = -torch.inf
-                        x0[bad] = alt.argmax(-1)
-                conf = _confidence(logits, x0, remasking, temperature, generator).double()
-                conf = torch.where(masked, conf, torch.full_like(conf, -torch.inf))  # only this block's masks
-                n = schedule[:, i]
-                order = conf.argsort(dim=1, descending=True, stable=True)  # exact ties: the lower position
-                take = torch.arange(x.shape[1], device=device)[None, :] < n[:, None]
-                commit = torch.zeros_like(masked)
-                commit[rows[:, None].expand_as(order)[take], order[take]] = True
-                x = torch.where(commit, x0, x)
-                committed_at[commit[:, P:]] = k
-                k += 1
+            masked = x == backbone.mask_id
+            masked[:, :lo] = False  # only the current block is filled: a mask id inside the
+            masked[:, hi:] = False  # prompt is context, and later blocks wait their turn
+            # the mask token is never a candidate; confidences still use the full distribution (LLaDA)
+            if temperature > 0:  # Gumbel-max sampling of the candidates
+                u = torch.rand(logits.shape, generator=generator, device=device).clamp_(1e-10, 1 - 1e-10)
+                g = logits.float() / temperature - torch.log(-torch.log(u))
+                g[..., backbone.mask_id] = -torch.inf
+                x0 = g.argmax(-1)
+            else:
+                x0 = propose(logits, backbone.mask_id)
+            conf = confidence(logits, x0, remasking, temperature, generator)
+            commit = commit_mask(conf, masked, schedule[:, i])
+            x = torch.where(commit, x0, x)
+            committed_at[commit[:, P:]] = k
+            k += 1
     if return_trajectory:
         return Generation(x, committed_at, P)
     return x

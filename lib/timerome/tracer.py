@@ -1,4 +1,7 @@
-"""Diffusion-time causal tracing: the Temporal Indirect Effect (TIE) and coordinate selection.
+"""Diffusion-time causal tracing: the Temporal Indirect Effect (TIE) of Eqs. 2-4.
+
+Results and Eq. 5's selection live in `timerome.tie_results`; ROME's positional trace for
+autoregressive models in `timerome.ar_trace`.
 
 Paper 002 §III-A/B (Eqs. 2-5), Algorithm 1 stages 1-2. For a fact (a question holding the
 subject tokens S, a gold answer o) and K denoising steps:
@@ -37,23 +40,22 @@ values equal a one-trajectory-at-a-time recomputation (tests/test_tracer.py keep
 """
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import math
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from .backbones import KINDS
-from .hooks import edit_outputs
-from .sampler import _step_clock, num_transfer_tokens
+from .backbones import MODULES, point
+from .hooks import has_hooks
+from .rng import stable_seed
+from .sampler import commit_mask, num_transfer_tokens, propose
+from .tie_results import TIEResult, cache_key
 
-TIE_RESOLUTION = 1e-4  # nats: Eq. 5 objectives closer than this are ties (float round-off, not effects)
 _SENTINEL = "\ue000"  # a private-use character: marks where the question goes in the prompt
 
 
@@ -102,9 +104,7 @@ class TracePrompt:
 def prepare_prompt(backbone, fact, *, gen_length: int | None = None) -> TracePrompt:
     """Tokenise a fact; ``gen_length=None`` leaves 4 free slots after the gold answer (room for EOS)."""
     prompt, S = subject_positions(backbone, fact)
-    gold = list(backbone.encode(backbone.answer_prefix + fact.answer))
-    if not gold:
-        raise ValueError(f"fact {fact.fact_id}: answer {fact.answer!r} encodes to no tokens")
+    gold = backbone.answer_ids(fact.answer, what=f"fact {fact.fact_id}: answer")
     G = len(gold) + 4 if gen_length is None else int(gen_length)
     if G < len(gold):
         raise ValueError(f"fact {fact.fact_id}: gen_length={G} is shorter than the gold answer ({len(gold)} tokens)")
@@ -114,8 +114,7 @@ def prepare_prompt(backbone, fact, *, gen_length: int | None = None) -> TracePro
 
 def draw_noise(backbone, fact, prompt: TracePrompt, seed: int = 0) -> torch.Tensor:
     """eps ~ N(0, I), [|S|, H], drawn on the CPU from a seed of (seed, fact): the same on any device."""
-    key = json.dumps([int(seed), fact.fact_id, fact.question, fact.answer]).encode()
-    g = torch.Generator().manual_seed(int.from_bytes(hashlib.blake2b(key, digest_size=7).digest(), "little"))
+    g = torch.Generator().manual_seed(stable_seed(int(seed), fact.fact_id, fact.question, fact.answer, digest_size=7))
     return torch.randn(len(prompt.subject), backbone.hidden_size, generator=g)
 
 
@@ -127,21 +126,21 @@ def embedding_sigma(backbone, prompts, factor: float = 3.0) -> float:
 
 
 # --------------------------------------------------------------------------- forward engine
-def _forward(backbone, x, step, S, noise=None, patches=(), capture=(), batch_size=None, counts=None):
+def forward_chunks(backbone, x, step, S, noise=None, patches=(), capture=(), batch_size=None, counts=None):
     """Forward the rows of x [B, T] ``batch_size`` at a time (one chunk's vocabulary-sized logits
     alive at once), yielding (lo, hi, logits, captured) per chunk. ``noise`` [|S|, H] is added to the
-    input embeddings at S of every row; a patch ``(row, hook name, positions, value)`` replaces that
-    row's output there; ``capture``: hook names whose output at S is kept ({name: [rows, |S|, H]})."""
+    input embeddings at S of every row; a patch ``(row, hook point, positions, value)`` replaces that
+    row's output there; ``capture``: hook points whose output at S is kept ({point: [rows, |S|, H]})."""
     S = torch.tensor(list(S), dtype=torch.long, device=backbone.device)
-    names = sorted({p[1] for p in patches} | set(capture) | ({"embed"} if noise is not None else set()))
+    points = sorted({p[1] for p in patches} | set(capture) | ({"embed"} if noise is not None else set()))
     bs = batch_size or len(x)
     for lo in range(0, len(x), bs):
-        hi, edits, got = min(len(x), lo + bs), {}, {}
+        hi, edits = min(len(x), lo + bs), {}
         for row, name, pos, value in patches:
             if lo <= row < hi:
                 edits.setdefault(name, []).append((row - lo, list(pos), value))
 
-        def fn(name, h, edits=edits, got=got):
+        def edit(name, h, edits=edits):
             new = h
             if name == "embed" and noise is not None:
                 new = h.clone()
@@ -149,17 +148,15 @@ def _forward(backbone, x, step, S, noise=None, patches=(), capture=(), batch_siz
             for row, pos, value in edits.get(name, ()):
                 new = h.clone() if new is h else new
                 new[row, pos] = value.to(h)
-            if name in capture:
-                got[name] = new[:, S].clone()
             return None if new is h else new
 
-        with _step_clock(backbone), edit_outputs({n: backbone.hook_point(n) for n in names}, fn):
-            backbone.step = step  # edits installed on the model may act at chosen steps only
+        # at_step: edits installed on the model may act at chosen steps only
+        with backbone.at_step(step), backbone.trace(points, edit=edit) as seen:
             logits = backbone.logits(x[lo:hi].to(backbone.device))
         if counts is not None:
             counts["forwards"] += hi - lo
             counts["calls"] += 1
-        yield lo, hi, logits, got
+        yield lo, hi, logits, {c: seen[c][:, S].clone() for c in capture}
 
 
 def _token_logp(lg, gold, lse=None) -> np.ndarray:
@@ -170,7 +167,7 @@ def _token_logp(lg, gold, lse=None) -> np.ndarray:
     return (lg.gather(-1, idx).squeeze(-1) - lse).double().cpu().numpy()
 
 
-def _logp(lg, gold, lse=None) -> np.ndarray:
+def answer_logp(lg, gold, lse=None) -> np.ndarray:
     """log p(o | x) per row: the sum of `_token_logp` (every gold position read from one forward)."""
     return _token_logp(lg, gold, lse).sum(-1)
 
@@ -190,28 +187,21 @@ def _score(bank: float, v, was_masked, now_masked) -> tuple[float, float]:
 
 def _commit(backbone, x, lg, lse, n: int, P: int) -> torch.Tensor:
     """`sampler.generate`'s step (one block, temperature 0, low confidence) on the canvas logits lg:
-    the n most confident masked positions of each row take their argmax (never the mask token);
-    the confidence is the argmax's probability under the full distribution, as in LLaDA."""
+    the n most confident masked positions of each row take their proposal; the confidence is the
+    proposal's probability under the full distribution, as in LLaDA (``lse`` is shared with the score)."""
     canvas = x[:, P:].to(lg.device)
-    x0 = lg.argmax(-1)
-    bad = x0 == backbone.mask_id
-    if bad.any():  # the runner-up where the mask token wins (a copy of those positions only)
-        alt = lg[bad]
-        alt[:, backbone.mask_id] = -torch.inf
-        x0[bad] = alt.argmax(-1)
-    # ranked in float64, as in the sampler: a near-tie is decided the same way on any machine
+    x0 = propose(lg, backbone.mask_id)
     conf = (lg.gather(-1, x0[..., None]).squeeze(-1).double() - lse.double()).exp()
-    conf = conf.masked_fill(canvas != backbone.mask_id, -1.0)
-    top = conf.argsort(dim=1, descending=True, stable=True)[:, :n]
+    commit = commit_mask(conf, canvas == backbone.mask_id, torch.full((len(x),), n, device=lg.device))
     out = x.clone()
-    out[:, P:] = canvas.scatter(1, top, x0.gather(1, top)).cpu()
+    out[:, P:] = torch.where(commit, x0, canvas).cpu()
     return out
 
 
 def _step(backbone, prompt, x, k, schedule, noise, patches=(), capture=(), batch_size=None, counts=None):
     """The forward of step k < K on rows x [B, T]: (log p(o_j | x) [B, |o|], next states [B, T], captured)."""
     lp, nxt, caps, P, n = [], [], {c: [] for c in capture}, prompt.prompt_length, len(prompt.gold)
-    for lo, hi, logits, got in _forward(backbone, x, k, prompt.subject, noise, patches, capture, batch_size, counts):
+    for lo, hi, logits, got in forward_chunks(backbone, x, k, prompt.subject, noise, patches, capture, batch_size, counts):
         lg = logits[:, P:].float()  # the canvas; its first n positions score o
         lse = lg.logsumexp(-1)  # shared by the score and the commit confidences
         lp.append(_token_logp(lg[:, :n], prompt.gold, lse[:, :n]))
@@ -230,15 +220,15 @@ class Trajectory(NamedTuple):  # one run of `run_trajectory`
     scores: np.ndarray  # [K+1]: log p(o | x_k), from trained outputs only (module docstring)
     token_logp: np.ndarray  # [K, |o|]: log p(o_j) in the forward of step k, at every gold position
     banks: np.ndarray  # [K+1]: the part of scores[k] banked by positions committed before step k
-    captured: dict  # hook name -> [K, |S|, H], from the forwards of steps 0..K-1
+    captured: dict  # hook point -> [K, |S|, H], from the forwards of steps 0..K-1
 
 
 @torch.no_grad()
 def run_trajectory(backbone, prompt: TracePrompt, *, steps: int = 8, noise=None, patches=None, capture=(),
                    counts=None) -> Trajectory:
     """One trajectory of K forwards. ``noise``: [|S|, H], already scaled (None: the clean run);
-    ``patches``: {(hook name, step < K): value [|S|, H]} spliced on S (the hook name may be
-    "embed"); ``capture``: hook names recorded on S at steps 0..K-1."""
+    ``patches``: {(hook point, step < K): value [|S|, H]} spliced on S (the point may be
+    "embed"); ``capture``: hook points recorded on S at steps 0..K-1."""
     schedule, patches = _schedule(prompt, steps), patches or {}
     if any(s >= steps for _, s in patches):
         raise ValueError(f"patches at steps {sorted({s for _, s in patches})}: a trajectory of {steps} steps has "
@@ -266,14 +256,14 @@ def _check_committed(state, prompt, mask_id):
 
 
 @torch.no_grad()
-def trace_fact(backbone, prompt: TracePrompt, noise, *, steps: int = 8, modules=KINDS, source: str = "clean",
+def trace_fact(backbone, prompt: TracePrompt, noise, *, steps: int = 8, modules=MODULES, source: str = "clean",
                batch_size: int | None = 64, counts=None):
     """Eq. 3 for one fact: (TIE [M, L, K, K+1], NaN where k' <= k; clean and corrupted Trajectory).
 
     ``source="corrupted"`` splices the corrupted run's own activations: an identity patch (a check:
     every TIE is 0)."""
     K, L, P, mid = steps, backbone.n_layers, prompt.prompt_length, backbone.mask_id
-    names = [f"{m}.{l}" for m in modules for l in range(L)]
+    names = [point(m, l) for m in modules for l in range(L)]
     clean = run_trajectory(backbone, prompt, steps=K, capture=names if source == "clean" else (), counts=counts)
     corr = run_trajectory(backbone, prompt, steps=K, noise=noise, counts=counts,
                           capture=names if source == "corrupted" else ())
@@ -317,143 +307,6 @@ def aggregate(tie_by_step: np.ndarray, tau: float) -> np.ndarray:
     return np.nansum(tie_by_step * w, axis=-1)
 
 
-# ---------------------------------------------------------------------------------- results
-class _Saved:
-    """Arrays go to an .npz, every other field to a JSON string stored beside them."""
-
-    def save(self, path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        meta = {k: v for k, v in values.items() if not isinstance(v, np.ndarray)}
-        arrays = {k: v for k, v in values.items() if isinstance(v, np.ndarray)}
-        tmp = path.with_name(path.name + ".tmp.npz")  # written whole, then renamed: no torn cache files
-        np.savez_compressed(tmp, __meta__=json.dumps({"class": type(self).__name__, **meta}), **arrays)
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path):
-        with np.load(Path(path)) as z:
-            meta = json.loads(str(z["__meta__"]))
-            arrays = {k: z[k] for k in z.files if k != "__meta__"}
-        if meta.pop("class") != cls.__name__:
-            raise ValueError(f"{path} does not hold a {cls.__name__}")
-        return cls(**{**meta, "modules": tuple(meta["modules"])}, **arrays)
-
-
-@dataclass(eq=False)
-class TIEResult(_Saved):
-    """TIE of a set of facts; ``heatmap(module)`` is the mean over facts, [n_layers, steps]."""
-    modules: tuple
-    n_layers: int
-    steps: int
-    fact_ids: list
-    subject_tokens: list  # per fact: the corrupted tokens
-    tie: np.ndarray  # [F, M, L, K]: Eq. 4
-    tie_by_step: np.ndarray  # [F, M, L, K, K+1]: Eq. 3 at every k' (NaN where k' <= k)
-    logp_clean: np.ndarray  # [F, K+1]: log p(o | x_k) of the clean run (trained outputs only)
-    logp_corrupt: np.ndarray  # [F, K+1]: ... of the corrupted run
-    settings: dict  # every argument, and the sigma used
-    counts: dict  # forwards done, model calls, and the naive counts
-
-    @property
-    def axes(self) -> dict:
-        return {"layer": np.arange(self.n_layers), "step": np.arange(self.steps)}
-
-    def per_fact(self, module: str) -> np.ndarray:
-        """[F, n_layers, steps]."""
-        if module not in self.modules:
-            raise KeyError(f"module {module!r} was not traced (traced: {self.modules})")
-        return self.tie[:, self.modules.index(module)]
-
-    def heatmap(self, module: str = "resid", *, absolute: bool = False) -> np.ndarray:
-        """Mean over facts of the TIE (``absolute``: of |TIE|, Eq. 5's objective), [n_layers, steps]."""
-        t = self.per_fact(module)
-        return (np.abs(t) if absolute else t).mean(0)
-
-    def select(self, neighbours=None, beta: float = 0.0) -> Selection:
-        return select_coordinate(self, neighbours, beta)
-
-    def __repr__(self):
-        return (f"TIEResult({len(self.fact_ids)} facts, modules={self.modules}, layers={self.n_layers}, "
-                f"steps={self.steps}, sigma={self.settings['sigma']:.4g})")
-
-
-class Coordinate(NamedTuple):
-    module: str
-    layer: int
-    step: int  # -1: every step
-    score: float
-
-
-@dataclass(eq=False)
-class Selection:
-    """Eq. 5 over a `TIEResult`."""
-    best: Coordinate  # argmax over (ℓ, k, m) of the objective
-    ranking: list  # every Coordinate, best first (ties: module order, then layer, then step)
-    paper: Coordinate | None  # the paper's downstream choice: m = resid, every step, ℓ* = argmax_ℓ max_k objective
-    objective: np.ndarray  # [M, L, K]: mean_Fv |TIE| - beta mean_N |TIE|
-    per_fact: list  # per fact: {fact_id, module, layer, step, tie} at its own argmax |TIE|
-    beta: float
-
-    def frame(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.ranking, columns=Coordinate._fields)
-
-
-def select_coordinate(result: TIEResult, neighbours=None, beta: float = 0.0) -> Selection:
-    """Eq. 5: argmax over (ℓ, k, m) of mean_{F_v} |TIE| - beta mean_N |TIE|.
-
-    ``neighbours``: a `TIEResult` over the neighbour set N (same modules, layers and steps; trace it
-    with ``sigma=result.settings["sigma"]``) or an array [N, M, L, K]; beta > 0 needs it."""
-    if not beta >= 0:
-        raise ValueError(f"beta={beta} must be >= 0")
-    if beta > 0 and neighbours is None:
-        raise ValueError("beta > 0 needs a neighbour set (neighbours=)")
-    objective = np.abs(result.tie).mean(0)
-    if neighbours is not None:
-        if isinstance(neighbours, TIEResult) and neighbours.modules != result.modules:
-            raise ValueError(f"neighbour modules {neighbours.modules} != {result.modules}")
-        nt = neighbours.tie if isinstance(neighbours, TIEResult) else np.asarray(neighbours, dtype=float)
-        if nt.ndim != 4 or nt.shape[1:] != result.tie.shape[1:] or len(nt) == 0:
-            raise ValueError(f"neighbour TIE of shape {nt.shape}; expected [N>0, {', '.join(map(str, objective.shape))}]")
-        objective = objective - beta * np.abs(nt).mean(0)
-    # objectives within TIE_RESOLUTION nats tie (batched forwards differ by float round-off far below
-    # it), and ties go in index order: the ranking is the same on any machine and thread count
-    grid = np.round(objective / TIE_RESOLUTION)
-    cells = sorted(np.ndindex(objective.shape), key=lambda c: -grid[c])
-    ranking = [Coordinate(result.modules[m], l, k, float(objective[m, l, k])) for m, l, k in cells]
-    paper = None
-    if "resid" in result.modules:  # Eq. 5 restricted to m = resid, then k* = -1 (every step)
-        profile = objective[result.modules.index("resid")].max(1)
-        best = int(np.argmax(np.round(profile / TIE_RESOLUTION)))  # near-ties as in the ranking
-        paper = Coordinate("resid", best, -1, float(profile[best]))
-    per_fact = []
-    for fid, t in zip(result.fact_ids, result.tie):
-        m, l, k = np.unravel_index(int(np.argmax(np.abs(t))), t.shape)
-        per_fact.append({"fact_id": fid, "module": result.modules[m], "layer": int(l), "step": int(k),
-                         "tie": float(t[m, l, k])})
-    return Selection(ranking[0], ranking, paper, objective, per_fact, float(beta))
-
-
-# ------------------------------------------------------------------------------------ cache
-def cache_key(backbone, facts, settings: dict) -> str:
-    """sha256 (32 hex digits) over the backbone (name, tokenizer, prompt format, and per weight tensor
-    its name, shape, dtype, float64 sum and a strided sample), the facts and the settings."""
-    weights = hashlib.sha256()
-    for name, t in itertools.chain(backbone.model.named_parameters(), backbone.model.named_buffers()):
-        flat = t.detach().reshape(-1)
-        weights.update(f"{name}|{tuple(t.shape)}|{t.dtype}|{float(flat.sum(dtype=torch.float64))!r}|".encode())
-        weights.update(flat[::max(1, flat.numel() // 1024)][:1024].float().cpu().numpy().tobytes())
-    desc = {"backbone": backbone.name, "weights": weights.hexdigest(),
-            "vocab": len(backbone.tokenizer), "mask_id": backbone.mask_id, "template": backbone.prompt_template,
-            "answer_prefix": backbone.answer_prefix, "settings": settings,
-            "facts": [[f.fact_id, f.question, f.answer, f.subject, f.subject_span, f.subject_in] for f in facts]}
-    return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
 # ------------------------------------------------------------------------------ entry point
 def validation_facts(n: int = 8, root=None, *, split: str = "forget10", exclude: str = "forget01") -> list:
     """F_v: of each of the first n authors of ``split`` that are not in ``exclude``, the first fact
@@ -469,13 +322,13 @@ def validation_facts(n: int = 8, root=None, *, split: str = "forget10", exclude:
     return list(out.values())[:n]
 
 
-def _check(facts, modules):
+def check_facts(facts, modules):
     facts = [facts] if hasattr(facts, "question") else list(facts)  # one Fact, or many
     if not facts:
         raise ValueError("no facts to trace (empty fact list)")
     modules = tuple(modules)
-    if not modules or any(m not in KINDS for m in modules) or len(set(modules)) != len(modules):
-        raise ValueError(f"modules={modules}: expected distinct names from {KINDS}")
+    if not modules or any(m not in MODULES for m in modules) or len(set(modules)) != len(modules):
+        raise ValueError(f"modules={modules}: expected distinct names from {MODULES}")
     return facts, modules
 
 
@@ -490,7 +343,7 @@ def trace_tie(backbone, facts, *, steps: int = 8, sigma: float | None = None, ta
     if backbone.is_causal:
         raise ValueError(f"{backbone.name or 'this backbone'} is autoregressive: trace_tie needs a masked-diffusion "
                          "model (ar_positional_trace is the AR trace)")
-    facts, modules = _check(facts, modules)
+    facts, modules = check_facts(facts, modules)
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps={steps} must be a positive integer")
     if sigma is not None and not sigma >= 0:
@@ -500,7 +353,7 @@ def trace_tie(backbone, facts, *, steps: int = 8, sigma: float | None = None, ta
     settings = {"steps": int(steps), "sigma": sigma, "tau": float(tau), "modules": list(modules), "seed": int(seed)}
     path = None
     if cache_dir is not None:
-        if any(m._forward_hooks or m._forward_pre_hooks for m in backbone.model.modules()):
+        if has_hooks(backbone.model):
             warnings.warn("the model has forward hooks installed (an edit?); the TIE trace is not cached")
         else:
             path = Path(cache_dir) / f"tie-{cache_key(backbone, facts, settings)}.npz"
@@ -526,68 +379,3 @@ def trace_tie(backbone, facts, *, steps: int = 8, sigma: float | None = None, ta
     return res
 
 
-# ---------------------------------------------------------------------- AR positional trace
-@dataclass(eq=False)
-class PositionalResult(_Saved):
-    """ROME's token x layer trace: IE = log p(o | patched) - log p(o | corrupted), per fact."""
-    modules: tuple
-    n_layers: int
-    fact_ids: list
-    tokens: list  # per fact: the prompt's tokens
-    subject_positions: list
-    ie: np.ndarray  # [F, M, max P, L], NaN beyond a fact's prompt
-    logp_clean: np.ndarray  # [F]
-    logp_corrupt: np.ndarray  # [F]
-    settings: dict
-
-    def heatmap(self, module: str = "mlp", fact: int = 0) -> np.ndarray:
-        """[n_prompt_tokens, n_layers] for one fact."""
-        return self.ie[fact, self.modules.index(module), :len(self.tokens[fact])]
-
-    def select_layer(self, module: str = "mlp") -> int:
-        """ROME's layer: the largest mean IE (over facts) at the last subject token."""
-        m = self.modules.index(module)
-        return int(np.argmax(np.mean([self.ie[f, m, S[-1]] for f, S in enumerate(self.subject_positions)], 0)))
-
-
-@torch.no_grad()
-def ar_positional_trace(backbone, facts, *, sigma: float | None = None, modules=("resid", "attn", "mlp"),
-                        seed: int = 0, window: int = 1, batch_size: int | None = 64, counts=None) -> PositionalResult:
-    """ROME's positional causal trace (token x layer), for the "AR positional" ablation.
-
-    One forward per cell: a causal backbone scores the gold answer teacher-forced on ``[prompt | o]``;
-    a masked-diffusion backbone scores it on the fully masked canvas (step 0 of the diffusion trace).
-    Noise as in `trace_tie`. Cell (t, ℓ) splices the clean output of m at prompt token t into the
-    ``window`` layers max(0, ℓ - window//2) .. (ROME uses 10 for attn / mlp)."""
-    facts, modules = _check(facts, modules)
-    if window < 1:
-        raise ValueError(f"window={window} must be >= 1")
-    causal, L = backbone.is_causal, backbone.n_layers
-    prompts = [prepare_prompt(backbone, f) for f in facts]
-    sig = embedding_sigma(backbone, prompts) if sigma is None else float(sigma)
-    ie = np.full((len(facts), len(modules), max(p.prompt_length for p in prompts), L), np.nan)
-    lp_clean, lp_corr = [], []
-    for i, (f, p) in enumerate(zip(facts, prompts)):
-        P, n = p.prompt_length, len(p.gold)
-        g = P - int(causal)  # the logits at g + j score o_j (causal: teacher forcing, shifted by one)
-        x = torch.cat([p.ids[:P], torch.tensor(p.gold)]) if causal else p.ids
-        noise = (sig * draw_noise(backbone, f, p, seed)).to(backbone.device)
-        names = [f"{m}.{l}" for m in modules for l in range(L)]
-        [(_, _, logits, clean)] = _forward(backbone, x[None], None, range(P), capture=names, counts=counts)
-        lp_clean.append(_logp(logits[:, g:g + n].float(), p.gold)[0])
-        [(_, _, logits, _)] = _forward(backbone, x[None], None, p.subject, noise, counts=counts)
-        lp_corr.append(_logp(logits[:, g:g + n].float(), p.gold)[0])
-        for mi, m in enumerate(modules):
-            cells = list(itertools.product(range(P), range(L)))
-            patches = [(r, f"{m}.{j}", [t], clean[f"{m}.{j}"][0, t:t + 1]) for r, (t, l) in enumerate(cells)
-                       for j in range(max(0, l - window // 2), min(L, l + (window + 1) // 2))]
-            chunks = _forward(backbone, x.expand(len(cells), -1), None, p.subject, noise, patches, batch_size=batch_size,
-                             counts=counts)
-            lp = np.concatenate([_logp(lg[:, g:g + n].float(), p.gold) for _, _, lg, _ in chunks])
-            ie[i, mi, :P] = (lp - lp_corr[-1]).reshape(P, L)
-    tok = backbone.tokenizer
-    return PositionalResult(modules, L, [f.fact_id for f in facts],
-                            [tok.convert_ids_to_tokens(p.ids[:p.prompt_length].tolist()) for p in prompts],
-                            [list(p.subject) for p in prompts], ie, np.array(lp_clean), np.array(lp_corr),
-                            {"sigma": sig, "sigma_arg": sigma, "seed": int(seed), "window": int(window),
-                             "causal": causal, "backbone": backbone.name})

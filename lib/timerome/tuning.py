@@ -13,11 +13,12 @@ if none is, the smallest RetainLP drop. `tune_lambda` does both at one coordinat
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 import pandas as pd
 
-__all__ = ["LambdaChoice", "lambda_sweep", "validation_lp", "choose_lambda", "tune_lambda", "rule_text"]
+__all__ = ["LambdaChoice", "lambda_sweep", "validation_lp", "choose_lambda", "tune_lambda", "rule_text", "random_layer"]
 
 SWEEP_COLUMNS = ("lam_relative", "d_forget_val", "d_retain_val")
 
@@ -70,7 +71,8 @@ def lambda_sweep(backbone, forget_val, retain_val, layer: int, *, module: str = 
     """One row per lam_relative in ``lam_grid``: layer, alpha, q, lam_relative, lam, key_scale, d_forget_val,
     d_retain_val, forget_over_retain (d_forget_val / d_retain_val). The keys of ``forget_val`` are
     captured once; ``base`` (a `validation_lp` of the unedited backbone) may be passed to reuse it."""
-    from .memory import DEFAULT_TARGET, EditMemory, capture_keys
+    from .capture import DEFAULT_TARGET, capture_keys
+    from .memory import EditMemory
 
     grid = list(lam_grid)
     if not grid or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0 for r in grid):
@@ -102,3 +104,11 @@ def tune_lambda(backbone, forget_val, retain_val, layer: int, *, module: str = "
     row = choose_lambda(sweep, retain_budget)
     return LambdaChoice(lam=float(row.lam), lam_relative=float(row.lam_relative), key_scale=float(row.key_scale),
                         sweep=sweep, rule=rule_text(retain_budget, alpha, q))
+
+
+def random_layer(n_layers: int, traced: int, seed: int = 0) -> int:
+    """The random_layer control's layer (Table I, Fig. 4): one of the other layers, drawn with ``seed``."""
+    others = [layer for layer in range(n_layers) if layer != traced]
+    if not others:
+        raise ValueError(f"a backbone with {n_layers} layer(s) has no layer other than the traced one ({traced})")
+    return random.Random(seed).choice(others)

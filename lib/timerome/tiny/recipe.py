@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..backbones import WEIGHTS_DIR
+from ..loading import WEIGHTS_DIR
 from . import world
 from .model import TinyConfig, TinyLM
 from .train import SPECIAL_TOKENS, encode_pairs, train, train_tokenizer
@@ -198,7 +198,8 @@ def main(argv=None):
     eval_fn = None
     if args.eval_every:
         from .. import data
-        from ..backbones import ADAPTERS, Backbone
+        from ..backbones import Backbone
+        from ..families import FAMILIES
         from ..metrics import answer_token_accuracy, token_accuracy_summary
 
         probe = data.load_tofu("forget10")[::10]
@@ -206,7 +207,7 @@ def main(argv=None):
         def eval_fn(model):
             if model.config.causal:
                 return {}
-            bb = Backbone(model, tok, ADAPTERS["tiny"], mask_id=tok.mask_token_id, prompt_template=recipe.prompt_template,
+            bb = Backbone(model, tok, FAMILIES["tiny"], mask_id=tok.mask_token_id, prompt_template=recipe.prompt_template,
                           answer_prefix=recipe.answer_prefix)
             s = token_accuracy_summary(answer_token_accuracy(bb, probe, gen_length=96, steps=8))
             return {"probe_acc": s["token_accuracy"], "probe_em": s["exact_match"]}

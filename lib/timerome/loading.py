@@ -1,45 +1,13 @@
-"""Hugging Face backbones: load (or wrap) a real model and give it a `Backbone` interface.
+"""Loading backbones: the embedded tiny models, and real models through Hugging Face transformers.
 
-Two entry points:
-
-* `load_hf_backbone(name_or_path, ...)` reads ``config.json`` first, picks the adapter, checks
+* `load_backbone(name_or_path, ...)`: a tiny model by name or directory, else `load_hf_backbone`.
+* `load_hf_backbone(name_or_path, ...)` reads ``config.json`` first, picks the family, checks
   the remote-code policy, and only then loads weights with ``transformers`` ``from_pretrained``.
 * `wrap_hf_model(model, tokenizer, ...)` wraps an already-built ``(model, tokenizer)`` pair
   (tests build tiny random models this way; it is also the way in for checkpoints whose code is
   a Python package rather than hub remote code, e.g. MMaDA built with its own repository).
 
-Adapter naming was checked against public copies of each family's modelling code:
-
-* LLaDA (``modeling_llada.py``, checked in zqc214/dllm-askv ``model/modeling_llada.py``, a copy of
-  ML-GSAI/LLaDA's remote code): ``LLaDAModelLM.model`` is an ``LLaDAModel`` whose ``transformer``
-  ModuleDict holds ``wte``, ``ln_f``, ``ff_out`` and ``blocks`` (a ModuleList when
-  ``block_group_size == 1``; ``block_groups`` otherwise, which this adapter does not cover).
-  ``LLaDALlamaBlock`` has ``q_proj/k_proj/v_proj``, ``attn_out`` (attention output projection),
-  ``ff_proj`` (gate), ``up_proj``, ``ff_out`` (down projection = MLP output before the residual
-  add), and ``forward`` returns ``(x, cache)``. Attention always runs with ``is_causal=False``.
-  ``LLaDAModelLM.forward`` returns ``CausalLMOutputWithPast(logits=...)``; no logit shift.
-  Config ``model_type == "llada"``; mask token ``<|mdm_mask|>`` = 126336.
-* MMaDA (``MMadaModelLM(LLaDAModelLM)`` with ``MMadaConfig.model_type == "mmada"``, seen in several
-  public MMaDA forks' ``modeling_mmada.py``): identical naming to LLaDA; its generation code uses
-  ``mask_token_id = 126336``.
-* LLaDA-MoE (``modeling_lladamoe.py`` / ``configuration_lladamoe.py``, checked in
-  InfiniTensor/InfiniLM): OLMoE-style. ``LLaDAMoEModelLM.model.{embed_tokens, layers[i]}``;
-  decoder layer has ``self_attn`` (returns ``(out, weights, past)``), ``mlp`` (a
-  ``LLaDAMoESparseMoeBlock`` whose forward returns a plain tensor, with ``gate`` and ``experts``
-  = ModuleList of ``LLaDAMoEMLP{gate,up,down}_proj``; dense layers have a plain ``LLaDAMoEMLP``),
-  and optionally a block-level ``shared_expert`` added after ``mlp``. The layer returns a tuple
-  ``(hidden,)``. Attention mask and causality are forced off in the remote code. Its config ALSO
-  says ``model_type == "llada"``; only ``architectures == ["LLaDAMoEModelLM"]`` tells it apart.
-  Mask token ``<|mask|>`` = 156895 (dInfer's LLaDA-MoE decoder uses ``mask_id=156895``).
-* Dream (``modeling_dream.py``, checked in lingjiechen2/dllm
-  ``dllm/pipelines/dream/models/modeling_dream.py``): ``DreamModel.model`` is a Qwen2-style
-  ``DreamBaseModel.{embed_tokens, layers[i].{self_attn, mlp.{gate,up,down}_proj}}``; attention is
-  SDPA with ``is_causal=False`` hard-coded; config ``model_type == "Dream"``; logits at ``i`` predict
-  token ``i+1`` (AR initialisation). Mask token ``<|mask|>`` = 151666.
-* DiffuLLaMA (montehoover/DiffuLLaMA ``inf_diffullama.py``, ``model.py``, ``attention_patch.py``,
-  ``LLaMA-Factory/src/llamafactory/model/loader.py``): a stock ``LlamaForCausalLM`` checkpoint run
-  with an all-visible 4-D attention mask (bidirectional), ``--shift True  # do not change this``
-  (logits shifted like Dream), and ``tokenizer.mask_token_id`` falling back to 811.
+Where each family's hook points live, and why, is `timerome.families`.
 
 Bidirectional attention in transformers 5.23 (verified empirically on a tiny random
 LlamaForCausalLM, see tests/test_backbones_hf.py): two switches are needed.
@@ -51,11 +19,15 @@ for eager attention, which relies on the mask). `make_bidirectional` does both, 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from .backbones import ADAPTERS, Adapter, Backbone, as_dtype
+from .backbones import Backbone, as_dtype
+from .families import FAMILIES, Family, UnknownFamily, get_family, infer_family, known_families_text
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 __all__ = [
     "BackboneLoadError",
@@ -63,48 +35,12 @@ __all__ = [
     "UnknownArchitecture",
     "load_hf_backbone",
     "wrap_hf_model",
-    "infer_adapter",
+    "load_backbone",
+    "tiny_names",
     "resolve_mask_id",
     "make_bidirectional",
     "check_bidirectional",
 ]
-
-# Adapters a real HF model can use (the tiny ones are this project's own TinyLM).
-HF_ADAPTERS = ("llada", "llada-moe", "dream", "llama", "bert", "modernbert")
-_MASKED_LM_ADAPTERS = ("bert", "modernbert")
-
-# model_type (lower-cased) -> adapter. "llada" is split on `architectures` (LLaDA-MoE shares it).
-_MODEL_TYPES = {
-    "llada": "llada",
-    "mmada": "llada",
-    "lladamoe": "llada-moe",
-    "llada_moe": "llada-moe",
-    "llada-moe": "llada-moe",
-    "dream": "dream",
-    "llama": "llama",  # DiffuLLaMA ships as a plain Llama checkpoint
-    "bert": "bert",
-    "modernbert": "modernbert",
-}
-# Architecture class names -> adapter (checked before model_type).
-_ARCHITECTURES = {
-    "LLaDAModelLM": "llada",
-    "MMadaModelLM": "llada",
-    "MMaDAModelLM": "llada",
-    "LLaDAMoEModelLM": "llada-moe",
-    "DreamModel": "dream",
-}
-
-# Mask-token fallbacks when the tokenizer has no `mask_token`: token strings first (looked up in the
-# vocabulary, never through `convert_tokens_to_ids`, which silently returns the unk id), then ids.
-_MASK_TOKEN_NAMES = {
-    "llada": ("<|mdm_mask|>", "[MDM_MASK]"),
-    "llada-moe": ("<|mask|>", "<|mdm_mask|>"),
-    "dream": ("<|mask|>",),
-    "llama": (),
-    "bert": ("[MASK]",),
-    "modernbert": ("[MASK]",),
-}
-_MASK_IDS = {"llada": 126336, "llada-moe": 156895, "dream": 151666, "llama": 811}
 
 
 class BackboneLoadError(ValueError):
@@ -115,7 +51,7 @@ class RemoteCodeRequired(BackboneLoadError):
     pass
 
 
-class UnknownArchitecture(BackboneLoadError):
+class UnknownArchitecture(BackboneLoadError, UnknownFamily):
     pass
 
 
@@ -128,42 +64,11 @@ def _get(config, key, default=None):
     return getattr(config, key, default)
 
 
-def _known_adapters_text() -> str:
-    lines = []
-    for name in HF_ADAPTERS:
-        a = ADAPTERS[name]
-        extra = " (logits shifted)" if a.shift_logits else ""
-        lines.append(f"  {name!r}: embed={a.embed}, blocks={a.blocks}{extra}")
-    return "\n".join(lines)
-
-
-def infer_adapter(config) -> str:
-    """Adapter name for a config object or ``config.json`` dict, from ``architectures`` / ``model_type``."""
-    model_type = str(_get(config, "model_type", "") or "")
-    archs = list(_get(config, "architectures", None) or [])
-    for arch in archs:
-        if arch in _ARCHITECTURES:
-            return _ARCHITECTURES[arch]
-    if model_type.lower() == "llada" and any("moe" in a.lower() for a in archs):
-        return "llada-moe"
-    if model_type.lower() in _MODEL_TYPES:
-        return _MODEL_TYPES[model_type.lower()]
-    raise UnknownArchitecture(
-        f"cannot infer a hook adapter for model_type={model_type!r}, architectures={archs}. "
-        f"Known adapters:\n{_known_adapters_text()}\n"
-        "Pass one explicitly, e.g. load_hf_backbone(path, adapter='llama') or "
-        "wrap_hf_model(model, tokenizer, adapter='dream'); the module naming must match "
-        "(see timerome.backbones.ADAPTERS)."
-    )
-
-
-def _get_adapter(adapter, config) -> Adapter:
-    if isinstance(adapter, Adapter):
-        return adapter
-    name = adapter if adapter is not None else infer_adapter(config)
-    if name not in ADAPTERS:
-        raise UnknownArchitecture(f"unknown adapter {name!r}. Known adapters:\n{_known_adapters_text()}")
-    return ADAPTERS[name]
+def _get_family(family, config) -> Family:
+    try:
+        return get_family(family if family is not None else infer_family(config))
+    except UnknownFamily as e:
+        raise UnknownArchitecture(str(e)) from None
 
 
 def _vocab_rows(model) -> int | None:
@@ -173,10 +78,11 @@ def _vocab_rows(model) -> int | None:
         return None
 
 
-def resolve_mask_id(tokenizer, adapter: str | Adapter, *, config=None, mask_id=None, vocab_size=None) -> int:
+def resolve_mask_id(tokenizer, family: str | Family, *, config=None, mask_id=None, vocab_size=None) -> int:
     """Explicit id, else ``tokenizer.mask_token_id``, else ``config.mask_token_id``, else the family's
     known mask token (by name, then by id); each candidate must fit the embedding matrix."""
-    name = adapter.name if isinstance(adapter, Adapter) else adapter
+    fam = get_family(family)
+    name = fam.name
 
     def fits(i):
         return i is not None and int(i) >= 0 and (vocab_size is None or int(i) < vocab_size)
@@ -194,10 +100,10 @@ def resolve_mask_id(tokenizer, adapter: str | Adapter, *, config=None, mask_id=N
             vocab = tokenizer.get_vocab()
         except Exception:  # noqa: BLE001
             vocab = {}
-    for tok in _MASK_TOKEN_NAMES.get(name, ()):
+    for tok in fam.mask_tokens:
         candidates.append((f"token {tok!r}", vocab.get(tok)))
-    if name in _MASK_IDS:
-        candidates.append((f"{name} default id", _MASK_IDS[name]))
+    if fam.mask_id is not None:
+        candidates.append((f"{name} default id", fam.mask_id))
     for label, cand in candidates:
         if cand is None:
             continue
@@ -205,7 +111,7 @@ def resolve_mask_id(tokenizer, adapter: str | Adapter, *, config=None, mask_id=N
             return int(cand)
         tried.append(f"{label}={cand} (outside vocabulary of {vocab_size})")
     raise BackboneLoadError(
-        f"cannot determine the mask token id for adapter {name!r}: the tokenizer has no mask_token"
+        f"cannot determine the mask token id for family {name!r}: the tokenizer has no mask_token"
         + (f"; rejected: {', '.join(tried)}" if tried else "")
         + ". Pass mask_id=... explicitly."
     )
@@ -257,19 +163,19 @@ def check_bidirectional(backbone: Backbone, *, length: int = 4) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-def wrap_hf_model(model, tokenizer, *, adapter=None, mask_id=None, name: str = "",
+def wrap_hf_model(model, tokenizer, *, family=None, mask_id=None, name: str = "",
                   prompt_template: str = "{question}", answer_prefix: str = " ",
                   check: bool = True) -> Backbone:
     """Wrap a built ``(model, tokenizer)`` as a `Backbone`.
 
-    ``adapter``: an adapter name (see `timerome.backbones.ADAPTERS`), an `Adapter`, or None to infer
-    it from ``model.config``. Non-causal adapters get their attention switched to bidirectional in
+    ``family``: a family name (see `timerome.families.FAMILIES`), a `Family`, or None to infer
+    it from ``model.config``. Non-causal families get their attention switched to bidirectional in
     place (`make_bidirectional`) and, with ``check``, verified (`check_bidirectional`).
     """
     if "{question}" not in prompt_template:
         raise BackboneLoadError(f"prompt_template must contain '{{question}}', got {prompt_template!r}")
     config = getattr(model, "config", None)
-    ad = _get_adapter(adapter, config)
+    ad = _get_family(family, config)
     if not ad.causal:
         make_bidirectional(model)
     mid = resolve_mask_id(tokenizer, ad, config=config, mask_id=mask_id, vocab_size=_vocab_rows(model))
@@ -279,8 +185,8 @@ def wrap_hf_model(model, tokenizer, *, adapter=None, mask_id=None, name: str = "
                       answer_prefix=answer_prefix)
     except AttributeError as e:
         raise BackboneLoadError(
-            f"{type(model).__name__} does not have the module naming of adapter {ad.name!r} ({e}). "
-            f"Known adapters:\n{_known_adapters_text()}"
+            f"{type(model).__name__} does not have the module naming of family {ad.name!r} ({e}). "
+            f"Known families:\n{known_families_text()}"
         ) from e
     if check and not ad.causal and not check_bidirectional(bb):
         raise BackboneLoadError(
@@ -293,8 +199,6 @@ def wrap_hf_model(model, tokenizer, *, adapter=None, mask_id=None, name: str = "
 def _read_config_dict(name_or_path, **kwargs) -> dict:
     path = Path(str(name_or_path))
     if (path / "config.json").is_file():  # local directory: no hub code path at all
-        import json
-
         return json.loads((path / "config.json").read_text())
     from transformers import PretrainedConfig
 
@@ -302,11 +206,11 @@ def _read_config_dict(name_or_path, **kwargs) -> dict:
     return cfg
 
 
-def load_hf_backbone(name_or_path, *, trust_remote_code=False, device=None, dtype=None, adapter=None,
+def load_hf_backbone(name_or_path, *, trust_remote_code=False, device=None, dtype=None, family=None,
                      mask_id=None, prompt_template="{question}", check: bool = True) -> Backbone:
     """Load a hub id or local directory with ``transformers`` and wrap it as a `Backbone`.
 
-    The raw ``config.json`` is read first: the adapter is inferred (or taken from ``adapter``) and the
+    The raw ``config.json`` is read first: the family is inferred (or taken from ``family``) and the
     remote-code policy checked before any weights or code are fetched. ``trust_remote_code`` is off
     unless the caller turns it on; LLaDA, MMaDA, LLaDA-MoE and Dream need it.
     """
@@ -315,7 +219,7 @@ def load_hf_backbone(name_or_path, *, trust_remote_code=False, device=None, dtyp
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     cfg_dict = _read_config_dict(name_or_path)
-    ad = _get_adapter(adapter, cfg_dict)
+    ad = _get_family(family, cfg_dict)
     model_type = cfg_dict.get("model_type")
     auto_map = cfg_dict.get("auto_map") or {}
     native = model_type in CONFIG_MAPPING
@@ -325,7 +229,7 @@ def load_hf_backbone(name_or_path, *, trust_remote_code=False, device=None, dtyp
                 f"{name_or_path}: model_type {model_type!r} is neither built into transformers "
                 f"{_transformers_version()} nor shipped as remote code (no auto_map in config.json). "
                 "Build the model with its own package and pass it to timerome.hf.wrap_hf_model(model, "
-                f"tokenizer, adapter={ad.name!r})."
+                f"tokenizer, family={ad.name!r})."
             )
         if not trust_remote_code:
             raise RemoteCodeRequired(
@@ -335,7 +239,7 @@ def load_hf_backbone(name_or_path, *, trust_remote_code=False, device=None, dtyp
             )
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
 
-    if ad.name in _MASKED_LM_ADAPTERS:
+    if ad.masked_lm:
         order = [("AutoModelForMaskedLM", AutoModelForMaskedLM)]
     else:
         order = [("AutoModelForCausalLM", AutoModelForCausalLM), ("AutoModel", AutoModel)]
@@ -349,7 +253,7 @@ def load_hf_backbone(name_or_path, *, trust_remote_code=False, device=None, dtyp
     if device is not None:
         model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    return wrap_hf_model(model, tokenizer, adapter=ad, mask_id=mask_id, name=str(name_or_path),
+    return wrap_hf_model(model, tokenizer, family=ad, mask_id=mask_id, name=str(name_or_path),
                          prompt_template=prompt_template, check=check)
 
 
@@ -361,3 +265,39 @@ def _transformers_version() -> str:
     import transformers
 
     return transformers.__version__
+
+
+# ------------------------------------------------------------------------------- tiny models
+def _load_tiny(path: Path, device, dtype) -> Backbone:
+    from safetensors.torch import load_file
+    from transformers import PreTrainedTokenizerFast
+
+    from .tiny.model import TinyConfig, TinyLM
+
+    meta = json.loads((path / "backbone.json").read_text())
+    cfg = TinyConfig.load(path / "config.json")
+    model = TinyLM(cfg)
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), **meta["special_tokens"])
+    dtype = as_dtype(dtype, allow_auto=True)
+    model.to(device=device or "cpu", dtype=torch.float32 if dtype in (None, "auto") else dtype).requires_grad_(False)
+    return Backbone(model, tok, FAMILIES["tiny-causal" if cfg.causal else "tiny"],
+                    mask_id=tok.convert_tokens_to_ids(meta["special_tokens"]["mask_token"]),
+                    name=meta["name"], prompt_template=meta["prompt_template"], answer_prefix=meta["answer_prefix"])
+
+
+def tiny_names() -> list[str]:
+    return sorted(p.parent.name for p in WEIGHTS_DIR.glob("*/backbone.json")) if WEIGHTS_DIR.exists() else []
+
+
+def load_backbone(name_or_path, *, trust_remote_code=False, device=None, dtype=None, family=None,
+                  mask_id=None, prompt_template="{question}") -> Backbone:
+    """Load a tiny embedded model by name, a saved tiny model directory, or a hub/local HF model."""
+    as_dtype(dtype, allow_auto=True)  # a bad dtype fails before any loading
+    path = Path(name_or_path)
+    if (WEIGHTS_DIR / str(name_or_path) / "backbone.json").exists():
+        return _load_tiny(WEIGHTS_DIR / str(name_or_path), device, dtype)
+    if (path / "backbone.json").exists():
+        return _load_tiny(path, device, dtype)
+    return load_hf_backbone(name_or_path, trust_remote_code=trust_remote_code, device=device, dtype=dtype,
+                            family=family, mask_id=mask_id, prompt_template=prompt_template)
