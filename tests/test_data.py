@@ -1,5 +1,6 @@
-"""Tests for timerome.data: real-data loads (skipped if the data root is absent),
-malformed input, hub-offline errors, and the small WHP/WMDP/verbmem fixtures."""
+"""Tests for timerome.data, timerome.subjects and timerome.benchmarks: real-data loads (skipped
+if the data root is absent), malformed input, hub-offline errors, and the small WHP/WMDP/verbmem
+fixtures."""
 
 import json
 import os
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from timerome import benchmarks as B
 from timerome import data as D
+from timerome import subjects as S
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -258,16 +261,16 @@ def test_missing_subject_policy(tmp_path):
 
 
 def test_subject_rule_branches():
-    loc = D.locate_author_subject
+    loc = S.locate_author_subject
     assert loc("Is Jamie Vasquez's work good?", "Yes.", "Jaime Vasquez")[:2] == ("Vasquez", "question_partial_name")
     assert loc('What is "Salt Lines" about?', "A poem.", "Ada Quill")[:2] == ("Salt Lines", "question_title")
     assert loc("What did the fictitious author study?", "Law.", None)[:2] == ("the fictitious author",
                                                                                "question_author_ref")
     assert loc("What was his first book?", "Tides.", None)[:2] == ("his", "question_pronoun")
-    assert D.locate_entity_subject("Who wrote 'Long Day's Journey Into Night'?")[0] == "Long Day's Journey Into Night"
-    assert D.locate_entity_subject("In which city was John F. Kennedy assassinated?")[0] == "John F. Kennedy"
-    assert D.locate_entity_subject("Which river is the longest in the world?") is None
-    assert D.recover_author_name([("Who is Ana O'Neil?", "Ana O'Neil's books."), ("Hi?", "Ana O'Neil")]) == "Ana O'Neil"
+    assert S.locate_entity_subject("Who wrote 'Long Day's Journey Into Night'?")[0] == "Long Day's Journey Into Night"
+    assert S.locate_entity_subject("In which city was John F. Kennedy assassinated?")[0] == "John F. Kennedy"
+    assert S.locate_entity_subject("Which river is the longest in the world?") is None
+    assert S.recover_author_name([("Who is Ana O'Neil?", "Ana O'Neil's books."), ("Hi?", "Ana O'Neil")]) == "Ana O'Neil"
 
 
 # ------------------------------------------------------------------- missing data
@@ -317,7 +320,7 @@ def test_hub_fallback_fails_fast_after_a_refused_connection(tmp_path, monkeypatc
     with pytest.raises(D.DataNotFound, match="hub unreachable"):
         D.load_tofu("forget10", root=tmp_path)
     with pytest.raises(D.DataNotFound, match="cais/wmdp.*not tried.*could not connect"):
-        D.load_wmdp("wmdp-bio", root=tmp_path)
+        B.load_wmdp("wmdp-bio", root=tmp_path)
     assert fake.calls == 1
     fake = _online(monkeypatch, ValueError("no such config"))  # not a connection problem: keep trying
     for _ in range(2):
@@ -338,7 +341,7 @@ def test_empty_answer_is_rejected(tmp_path, loader, rows, field):
     p = _jsonl(tmp_path / "x.jsonl", rows)
     load = {"tofu": lambda: D.load_tofu("forget01", path=p),
             "perturbed": lambda: D.load_tofu("forget01_perturbed", path=p),
-            "trivia": lambda: D.load_whp_trivia(path=p), "wmdp": lambda: D.load_wmdp(path=p)}[loader]
+            "trivia": lambda: B.load_whp_trivia(path=p), "wmdp": lambda: B.load_wmdp(path=p)}[loader]
     with pytest.raises(D.DataError, match=rf"x\.jsonl: line {len(rows)}: field '{field}'.*non-empty string"):
         load()
 
@@ -351,20 +354,20 @@ def test_explicit_path_missing(tmp_path):
 def test_local_only_not_found(tmp_path, monkeypatch):
     monkeypatch.delenv(D.ENV_VAR, raising=False)
     with pytest.raises(D.DataNotFound, match=D.ENV_VAR):
-        D.load_rwku()
+        B.load_rwku()
     with pytest.raises(D.DataNotFound, match=r"TIMEROME_DATA.*muse/news/knowmem/forget_qa\.json"):
-        D.load_muse_knowmem("news", "forget_qa")
+        B.load_muse_knowmem("news", "forget_qa")
     with pytest.raises(D.DataNotFound, match=str(tmp_path / "whp" / "evaluation_prompts.json")):
-        D.load_whp(root=tmp_path)
+        B.load_whp(root=tmp_path)
 
 
 def test_wmdp_and_verbmem_not_found_offline(tmp_path, offline_hub):
     with pytest.raises(D.DataNotFound) as e:
-        D.load_wmdp("wmdp-bio", root=tmp_path)
+        B.load_wmdp("wmdp-bio", root=tmp_path)
     msg = str(e.value)
     assert D.ENV_VAR in msg and str(tmp_path / "wmdp" / "wmdp-bio.jsonl") in msg and "cais/wmdp" in msg
     with pytest.raises(D.DataNotFound) as e:
-        D.load_muse_verbmem("books", root=tmp_path)
+        B.load_muse_verbmem("books", root=tmp_path)
     msg = str(e.value)
     assert D.ENV_VAR in msg and str(tmp_path / "muse" / "books" / "verbmem" / "forget.json") in msg
     assert "muse-bench/MUSE-Books" in msg
@@ -373,49 +376,49 @@ def test_wmdp_and_verbmem_not_found_offline(tmp_path, offline_hub):
 # ------------------------------------------------------------------- RWKU, MUSE
 
 def test_rwku(data_dir):
-    targets = D.rwku_targets(data_dir)
+    targets = B.rwku_targets(data_dir)
     assert len(targets) == 100 and targets[0] == "1_Stephen_King" and targets[-1] == "100_Matthew_Perry"
-    facts = D.load_rwku("1_Stephen_King", root=data_dir)
+    facts = B.load_rwku("1_Stephen_King", root=data_dir)
     assert facts and all(f.subject == "Stephen King" and f.subject_rule == "given" for f in facts)
     assert all(f.entity_id == "1_Stephen_King" and f.extra["type"] == "cloze" for f in facts)
-    nb = D.load_rwku("1_Stephen_King", "neighbor_level1", root=data_dir)
+    nb = B.load_rwku("1_Stephen_King", "neighbor_level1", root=data_dir)
     assert nb[0].subject == "The Shawshank Redemption" and nb[0].extra["target_subject"] == "Stephen King"
     assert nb[0].subject_span == (0, 24)
-    every = D.load_rwku(level="forget_level1", root=data_dir)
+    every = B.load_rwku(level="forget_level1", root=data_dir)
     assert len(every) == 1637 and every[0].entity_id == "1_Stephen_King"
     assert every[-1].entity_id == "100_Matthew_Perry"
     _assert_spans(every + nb)
     with pytest.raises(ValueError, match="unknown RWKU target"):
-        D.load_rwku("Stephen King", root=data_dir)
+        B.load_rwku("Stephen King", root=data_dir)
     with pytest.raises(ValueError, match="unknown RWKU level"):
-        D.load_rwku(level="forget_level4", root=data_dir)
+        B.load_rwku(level="forget_level4", root=data_dir)
 
 
 @pytest.mark.parametrize("corpus", ["news", "books"])
 def test_muse_knowmem(data_dir, corpus):
     sizes = {"forget_qa": 100, "retain_qa": 100, "forget_qa_icl": 10, "retain_qa_icl": 10}
     for split, n in sizes.items():
-        facts = D.load_muse_knowmem(corpus, split, root=data_dir)
+        facts = B.load_muse_knowmem(corpus, split, root=data_dir)
         assert len(facts) == n and facts[0].split == f"muse/{corpus}/knowmem/{split}"
         _assert_spans(facts)
-    report = D.subject_rule_report(D.load_muse_knowmem(corpus, "forget_qa", root=data_dir))
+    report = D.subject_rule_report(B.load_muse_knowmem(corpus, "forget_qa", root=data_dir))
     print(corpus, report)
     assert report["question_entity"] >= 85
     with pytest.raises(D.SubjectNotFound):
-        D.load_muse_knowmem(corpus, "forget_qa", root=data_dir, on_missing_subject="raise")
+        B.load_muse_knowmem(corpus, "forget_qa", root=data_dir, on_missing_subject="raise")
     with pytest.raises(ValueError, match="unknown MUSE knowmem split"):
-        D.load_muse_knowmem(corpus, "forget", root=data_dir)
+        B.load_muse_knowmem(corpus, "forget", root=data_dir)
 
 
 def test_muse_bad_corpus():
     with pytest.raises(ValueError, match="unknown MUSE corpus"):
-        D.load_muse_knowmem("poems", "forget_qa")
+        B.load_muse_knowmem("poems", "forget_qa")
 
 
 # --------------------------------------------------------- WHP, WMDP, verbmem (fixtures)
 
 def test_whp_prompts(tmp_path):
-    facts = D.load_whp(path=FIXTURES / "whp_evaluation_prompts.json")
+    facts = B.load_whp(path=FIXTURES / "whp_evaluation_prompts.json")
     assert len(facts) == 3
     f = facts[0]
     assert f.question.startswith("Orla Finch raised") and f.answer == "Orla Finch"
@@ -426,43 +429,43 @@ def test_whp_prompts(tmp_path):
     rows = json.loads((FIXTURES / "whp_evaluation_prompts.json").read_text())
     (tmp_path / "whp").mkdir()
     _jsonl(tmp_path / "whp" / "evaluation_prompts.json", rows)
-    assert D.load_whp(root=tmp_path) == facts
+    assert B.load_whp(root=tmp_path) == facts
     bad = _jsonl(tmp_path / "bad.jsonl", [{"prompt": {"references": [], "prompt": "p", "subtlety": 1}}])
     with pytest.raises(D.DataError, match=r"line 1: field 'prompt.references' must not be empty"):
-        D.load_whp(path=bad)
+        B.load_whp(path=bad)
     bad = _jsonl(tmp_path / "bad.jsonl", [{"prompt": {"references": ["r"], "prompt": "p", "subtlety": "high"}}])
     with pytest.raises(D.DataError, match=r"field 'prompt.subtlety' must be an integer"):
-        D.load_whp(path=bad)
+        B.load_whp(path=bad)
 
 
 def test_whp_trivia():
-    facts = D.load_whp_trivia(path=FIXTURES / "whp_trivia.jsonl")
+    facts = B.load_whp_trivia(path=FIXTURES / "whp_trivia.jsonl")
     assert [f.answer for f in facts] == ["Gull Point", "Tide Reading", "green"]
     assert facts[0].perturbed_answers == ["Harbour Tower"] and facts[0].subject == "Orla Finch"
     assert facts[2].subject is None
 
 
 def test_wmdp(tmp_path):
-    facts = D.load_wmdp("wmdp-bio", path=FIXTURES / "wmdp_bio.jsonl")
+    facts = B.load_wmdp("wmdp-bio", path=FIXTURES / "wmdp_bio.jsonl")
     assert [f.answer for f in facts] == ["Mitochondrion", "DNA fragments", "tRNA"]
     assert facts[1].extra["answer_index"] == 2 and len(facts[1].extra["choices"]) == 4
     assert facts[1].perturbed_answers == ["Amino acids", "Fatty acids", "Sugars"]
     assert facts[0].split == "wmdp/wmdp-bio" and facts[1].subject == "DNA"
     (tmp_path / "wmdp").mkdir()
     (tmp_path / "wmdp" / "wmdp-bio.jsonl").write_bytes((FIXTURES / "wmdp_bio.jsonl").read_bytes())
-    assert D.load_wmdp(root=tmp_path) == facts
+    assert B.load_wmdp(root=tmp_path) == facts
     bad = _jsonl(tmp_path / "bad.jsonl", [{"question": "q", "choices": ["a", "b"], "answer": 2}])
     with pytest.raises(D.DataError, match=r"line 1: field 'answer' = 2 is not an index"):
-        D.load_wmdp(path=bad)
+        B.load_wmdp(path=bad)
     with pytest.raises(ValueError, match="unknown WMDP config"):
-        D.load_wmdp("wmdp-physics")
+        B.load_wmdp("wmdp-physics")
 
 
 def test_muse_verbmem(tmp_path):
-    facts = D.load_muse_verbmem("news", path=FIXTURES / "muse_verbmem_forget.json")
+    facts = B.load_muse_verbmem("news", path=FIXTURES / "muse_verbmem_forget.json")
     assert len(facts) == 2 and facts[1].answer.startswith("the sea would be early")
     assert facts[0].split == "muse/news/verbmem/forget" and facts[0].subject is None
     d = tmp_path / "muse" / "news" / "verbmem"
     d.mkdir(parents=True)
     (d / "forget.json").write_bytes((FIXTURES / "muse_verbmem_forget.json").read_bytes())
-    assert D.load_muse_verbmem("news", root=tmp_path) == facts
+    assert B.load_muse_verbmem("news", root=tmp_path) == facts

@@ -7,7 +7,7 @@ import os
 import nbformat
 import pytest
 
-from timerome import report, run
+from timerome import params, report, run, runcache
 
 # the toy notebook appends one line per execution to a counter file, so tests can count runs
 COUNTER_CELL = """import json, os, pathlib
@@ -67,7 +67,7 @@ def executions(repo):
 # --- selection and validation ------------------------------------------------------------------
 
 def test_notebook_parameters_reads_the_tagged_cell(repo):
-    d = run.notebook_parameters(repo / "notebooks" / "01_toy.ipynb")
+    d = params.notebook_parameters(repo / "notebooks" / "01_toy.ipynb")
     assert d == {"alpha": 1.0, "steps": 8, "name": "x", "flag": False, "seeds": [0, 1], "extra": None,
                  "figures_dir": "../figures", "tables_dir": "../tables"}
 
@@ -102,16 +102,16 @@ def test_parameter_files_are_validated(repo, yaml_text, err, match):
     nb = repo / "notebooks" / "01_toy.ipynb"
     (repo / "params" / "tiny" / "01_toy.yaml").write_text(yaml_text)
     if err is None:
-        assert isinstance(run.load_params(nb, "tiny", repo), dict)
+        assert isinstance(params.load_params(nb, "tiny", repo), dict)
     else:
         with pytest.raises(err, match=match) as e:
-            run.load_params(nb, "tiny", repo)
+            params.load_params(nb, "tiny", repo)
         assert "01_toy.yaml" in str(e.value) or "01_toy.ipynb" in str(e.value)
 
 
 def test_missing_parameter_file_is_named(repo):
     with pytest.raises(FileNotFoundError, match=r"params/tiny/02_other.yaml"):
-        run.load_params(repo / "notebooks" / "02_other.ipynb", "tiny", repo)
+        params.load_params(repo / "notebooks" / "02_other.ipynb", "tiny", repo)
 
 
 def test_notebook_needs_exactly_one_parameters_cell(tmp_path):
@@ -119,19 +119,19 @@ def test_notebook_needs_exactly_one_parameters_cell(tmp_path):
     nb.cells = [nbformat.v4.new_code_cell("a = 1")]
     nbformat.write(nb, tmp_path / "x.ipynb")
     with pytest.raises(ValueError, match="exactly one cell tagged 'parameters'"):
-        run.notebook_parameters(tmp_path / "x.ipynb")
+        params.notebook_parameters(tmp_path / "x.ipynb")
 
 
 def test_grid_is_a_reserved_parameter_name(tmp_path):
     _notebook(tmp_path / "x.ipynb", "grid = 1")
     with pytest.raises(ValueError, match="reserved"):
-        run.notebook_parameters(tmp_path / "x.ipynb")
+        params.notebook_parameters(tmp_path / "x.ipynb")
 
 
 def test_every_committed_notebook_has_valid_tiny_and_paper_params():
-    for nb in run.notebooks():
+    for nb in params.notebooks():
         for profile in ("tiny", "paper"):
-            run.load_params(nb, profile)  # raises on any mismatch
+            params.load_params(nb, profile)  # raises on any mismatch
 
 
 def test_bad_file_fails_before_anything_runs(sweep_repo):
@@ -145,18 +145,18 @@ def test_bad_file_fails_before_anything_runs(sweep_repo):
 # --- grid expansion and planning ---------------------------------------------------------------
 
 def test_plain_file_is_one_run():
-    assert run.expand_grid({"alpha": 1.0}) == [(None, {"alpha": 1.0})]
+    assert params.expand_grid({"alpha": 1.0}) == [(None, {"alpha": 1.0})]
 
 
 def test_grid_expands_to_every_combination_in_file_order():
-    runs = run.expand_grid({"alpha": 0.5, "grid": {"seed": [0, 1], "q": [2, 4, 8]}})
+    runs = params.expand_grid({"alpha": 0.5, "grid": {"seed": [0, 1], "q": [2, 4, 8]}})
     assert [rid for rid, _ in runs] == ["seed-0_q-2", "seed-0_q-4", "seed-0_q-8", "seed-1_q-2", "seed-1_q-4",
                                         "seed-1_q-8"]
     assert runs[4][1] == {"alpha": 0.5, "seed": 1, "q": 4}
 
 
 def test_clashing_run_ids_get_a_hash():
-    runs = run.expand_grid({"grid": {"backbone": ["a/b", "a b", "c"]}})
+    runs = params.expand_grid({"grid": {"backbone": ["a/b", "a b", "c"]}})
     ids = [rid for rid, _ in runs]
     assert len(set(ids)) == 3 and ids[2] == "backbone-c"
     assert ids[0].startswith("backbone-a-b_") and ids[1].startswith("backbone-a-b_")
@@ -164,7 +164,7 @@ def test_clashing_run_ids_get_a_hash():
 
 def test_plan_places_grid_runs_in_their_own_folders(sweep_repo):
     nb = sweep_repo / "notebooks" / "01_sweep.ipynb"
-    runs = run.plan(nb, "tiny", run.load_params(nb, "tiny", sweep_repo), sweep_repo)
+    runs = run.plan(nb, "tiny", params.load_params(nb, "tiny", sweep_repo), sweep_repo)
     assert [r.run_id for r in runs] == ["seed-1", "seed-2", "seed-3"]
     r = runs[1]
     assert r.record == sweep_repo / "runs" / "tiny" / "01_sweep" / "seed-2"
@@ -188,7 +188,7 @@ def test_key_covers_code_params_library_and_weights(repo):
     wdir = repo / "lib" / "timerome" / "weights" / "tiny-x"
     wdir.mkdir(parents=True)
     (wdir / "model.safetensors").write_bytes(b"w1")
-    key = lambda params: run.plan(nb, "tiny", params, repo)[0].key
+    key = lambda given: run.plan(nb, "tiny", given, repo)[0].key
     k0 = key({"name": "tiny-x"})
     assert key({"name": "tiny-x"}) == k0
     assert key({"name": "tiny-y"}) != k0                                   # params
@@ -214,7 +214,7 @@ def test_weights_are_found_by_model_name_and_by_path(repo):
     (repo / "models" / "ft").mkdir(parents=True)
     (repo / "models" / "ft" / "adapter.bin").write_bytes(b"b")
     (repo / "models" / "ft" / "README.md").write_text("not weights")
-    found = run.weights_used({"backbones": ["tiny-x", "../models/ft", "hub/id"], "note": "..", "x": 3}, nb, repo)
+    found = runcache.weights_used({"backbones": ["tiny-x", "../models/ft", "hub/id"], "note": "..", "x": 3}, nb, repo)
     assert sorted(found) == ["lib/timerome/weights/tiny-x/model.safetensors", "models/ft/adapter.bin"]
 
 
@@ -322,7 +322,8 @@ def test_later_notebook_reruns_when_an_input_it_names_changes(sweep_repo):
     run.main([], repo=sweep_repo)
     reader = sweep_repo / "runs" / "tiny" / "02_reader" / "manifest.json"
     first = json.loads(reader.read_text())
-    assert first["key_parts"]["inputs"] == {"tables/result.json": run.file_hash(sweep_repo / "tables" / "result.json")}
+    result = sweep_repo / "tables" / "result.json"
+    assert first["key_parts"]["inputs"] == {"tables/result.json": runcache.file_hash(result)}
     run.main([], repo=sweep_repo)
     assert json.loads(reader.read_text())["started"] == first["started"]  # skipped
     (sweep_repo / "params" / "tiny" / "01_sweep.yaml").write_text("alpha: 0.25\nseed: 8\n")
@@ -470,7 +471,7 @@ def test_file_hash_reads_the_whole_of_a_big_file(tmp_path):
             f.truncate(300 << 20)
             f.seek(150 << 20)
             f.write(byte)
-    assert run.file_hash(a) != run.file_hash(b)
+    assert runcache.file_hash(a) != runcache.file_hash(b)
 
 
 def test_weight_digests_are_cached_by_path_size_and_mtime(repo, monkeypatch):
@@ -479,14 +480,14 @@ def test_weight_digests_are_cached_by_path_size_and_mtime(repo, monkeypatch):
     w.parent.mkdir(parents=True)
     w.write_bytes(b"w1")
     calls = []
-    real = run.file_hash
-    monkeypatch.setattr(run, "file_hash", lambda p: calls.append(p) or real(p))
-    first = run.weights_used({"name": "tiny-x"}, nb, repo)
-    assert run.weights_used({"name": "tiny-x"}, nb, repo) == first and len(calls) == 1  # read once
+    real = runcache.file_hash
+    monkeypatch.setattr(runcache, "file_hash", lambda p: calls.append(p) or real(p))
+    first = runcache.weights_used({"name": "tiny-x"}, nb, repo)
+    assert runcache.weights_used({"name": "tiny-x"}, nb, repo) == first and len(calls) == 1  # read once
     assert (repo / "runs" / "hash-cache.json").is_file()
     w.write_bytes(b"w2")
     os.utime(w, ns=(1, 1))  # another mtime: hashed again
-    assert run.weights_used({"name": "tiny-x"}, nb, repo) != first and len(calls) == 2
+    assert runcache.weights_used({"name": "tiny-x"}, nb, repo) != first and len(calls) == 2
 
 
 # --- the schema (item 6) ------------------------------------------------------------------------
@@ -520,10 +521,10 @@ def test_schema_types_ranges_duplicates_and_runner_keys(schema_repo, yaml_text, 
     nb = schema_repo / "notebooks" / "01_toy.ipynb"
     (schema_repo / "params" / "tiny" / "01_toy.yaml").write_text(yaml_text)
     if err is None:
-        assert run.load_params(nb, "tiny", schema_repo)["steps"] == 4
+        assert params.load_params(nb, "tiny", schema_repo)["steps"] == 4
     else:
         with pytest.raises(err, match=match):
-            run.load_params(nb, "tiny", schema_repo)
+            params.load_params(nb, "tiny", schema_repo)
 
 
 @pytest.mark.parametrize("schema_text, match", [
@@ -539,10 +540,10 @@ def test_schema_itself_is_checked_against_the_notebook(repo, schema_text, match)
     (repo / "params" / "schema.yaml").write_text(schema_text)
     (repo / "params" / "tiny" / "01_toy.yaml").write_text("alpha: 1.0\n")
     with pytest.raises(ValueError, match=match):
-        run.load_params(repo / "notebooks" / "01_toy.ipynb", "tiny", repo)
+        params.load_params(repo / "notebooks" / "01_toy.ipynb", "tiny", repo)
 
 
-@pytest.mark.parametrize("notebook, params, match", [
+@pytest.mark.parametrize("notebook, given, match", [
     ("02_canonical_tofu", {"n_mc": 0}, "'n_mc' .* must be >= 1"),
     ("01_tie_heatmaps", {"steps": 0}, "'steps' .* must be >= 1"),
     ("02_canonical_tofu", {"lam_grid": [1.0, 0]}, r"'lam_grid' .*\[1\] must be > 0"),
@@ -552,16 +553,16 @@ def test_schema_itself_is_checked_against_the_notebook(repo, schema_text, match)
     ("07_pareto", {"random_layer_config": [2.0, 2.5]}, r"'random_layer_config' .*\[1\] must be int"),
     ("06_streaming", {"forget_split": "forget02"}, "must be one of"),
 ])
-def test_the_shipped_schema_rejects_what_used_to_fail_late(notebook, params, match):
-    nb = run.REPO / "notebooks" / f"{notebook}.ipynb"
+def test_the_shipped_schema_rejects_what_used_to_fail_late(notebook, given, match):
+    nb = params.REPO / "notebooks" / f"{notebook}.ipynb"
     with pytest.raises((TypeError, ValueError), match=match):
-        run.validate_params(nb, params, f"params/tiny/{notebook}.yaml")
+        params.validate_params(nb, given, f"params/tiny/{notebook}.yaml")
 
 
 def test_every_parameter_of_every_notebook_has_a_spec():
-    for nb in run.notebooks():
-        assert set(run.load_schema(nb)) == set(run.notebook_parameters(nb)) - set(run.RUNNER_SET)
-    assert run.output_parameters(run.REPO / "notebooks" / "02_canonical_tofu.ipynb") == ["hparams_file"]
+    for nb in params.notebooks():
+        assert set(params.load_schema(nb)) == set(params.notebook_parameters(nb)) - set(params.RUNNER_SET)
+    assert params.output_parameters(params.REPO / "notebooks" / "02_canonical_tofu.ipynb") == ["hparams_file"]
 
 
 # --- fixed thread count, reproducible exports (item 3) -------------------------------------------

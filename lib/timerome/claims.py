@@ -54,6 +54,9 @@ operator, aggregation or twin) is an error naming the entry.
 The *notebook cell* column names the notebook (any file in the notebooks folder) whose code cell
 writes the table and the heading of the section that cell sits in, so renumbering notebooks or
 cells changes no spec entry; ``notebook`` names the planned notebook until one writes the table.
+
+Over 400 lines for one reason: the spec's validation, the measuring of an entry and the ledger's
+rendering share one small expression language (operands, rules, twins), read as a unit.
 """
 from __future__ import annotations
 
@@ -540,7 +543,7 @@ def main(argv=None):
                     help="the tables come from the paper's backbone, so raw nats compare "
                          "(default: only for --profile paper)")
     args = ap.parse_args(argv)
-    from timerome.run import output_dirs
+    from timerome.params import output_dirs
 
     dirs = output_dirs(args.profile)
     tables_dir = Path(args.tables_dir) if args.tables_dir else dirs["tables"]

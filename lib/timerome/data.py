@@ -1,66 +1,33 @@
-"""Evaluation data -> `Fact` records (TOFU, RWKU, MUSE, WHP, WMDP).
+"""Evaluation data -> `Fact` records: the record, reading and checking data files, and TOFU.
 
 Every loader returns `list[Fact]`. Local files are read in place from the data root
 (`data_root()`: explicit `root=` argument, else the `TIMEROME_DATA` environment
 variable); loaders for datasets that live on the Hugging Face hub fall back to
 `datasets.load_dataset` and, if that fails too, raise `DataNotFound` naming
-`TIMEROME_DATA` and the file(s) that were expected. Bad input raises `DataError`
-naming the file, the line (JSON Lines) or item (JSON array), and the field.
+`TIMEROME_DATA` and the file(s) that were expected (`load_rows`; with the hub offline, or
+after a refused connection, the fallback is not tried). Bad input raises `DataError`
+naming the file, the line (JSON Lines) or item (JSON array), and the field (`record_field`).
 
-Subject rule
-------------
-Causal tracing and editing need the subject span of each fact. Only RWKU marks it
-("given"; its span is set only where that subject occurs verbatim in the query, about
-60% of rows); for the other datasets it is recovered by ONE rule with ordered branches.
-The first branch that matches wins and is recorded in `Fact.subject_rule`; the span is
-stored as `Fact.subject_span` (character offsets) into `Fact.subject_in`
-("question" or "answer"), so `getattr(fact, fact.subject_in)[slice(*fact.subject_span)]
-== fact.subject` holds whenever the span is set.
+Each fact gets its subject from the subject rule (`timerome.subjects`); `load_tofu` first
+groups an author split by author and recovers each author's name. `on_missing_subject`:
+"raise" -> `SubjectNotFound` naming split, index and question; "skip" -> drop the fact;
+"keep" -> keep it with subject None (the default of the real-world entity splits, whose
+questions often name no entity).
 
-TOFU fictitious authors (forget*, retain*, full, holdout*): facts are grouped by author
-(`entity_id`, 20 facts each). The author's full name is recovered per group as the
-capitalised multi-word span that occurs in the most facts of the group (question or
-answer; ties go to the longer span). A span is a run of capitalised words, allowing
-hyphens ("Al-Kuwaiti", "Jamie-li"), inner capitalised apostrophes ("O'Donnell"), lower
-case name particles between capitalised words ("Isabella van Pletzen", "Van der Veen")
-and a parenthesised nickname ("Alejandro (Alex) Fuentes"); possessive 's is not part
-of it. The name must occur in at least half of the group's facts, else the author is
-nameless (one TOFU author, rows 1760-1779 of full, is only ever "the fictitious
-author"). Then, per fact:
-  1. question_full_name    - the full name occurs in the question;
-  2. question_partial_name - a contiguous part of the name (longest first, surname
-                             before first name) occurs as whole words in the question
-                             ("How has Majumdar's background ...", "Jamie Vasquez" typo);
-  3. answer_full_name      - the full name occurs in the answer ("What is the full name
-                             of the author born in ...?");
-  4. question_title        - a quoted title in the question ('What is "Silent Witness"
-                             about?');
-  5. question_author_ref   - a descriptive reference "the/this ... author|writer";
-  6. question_pronoun      - the first he/she/his/her/they/their in the question.
-Branches 4-6 are weak (no name in the prompt); filter on `subject_rule` if needed.
-On the real data every TOFU author-split fact is located by branches 1-6.
-
-Real-world entity splits (TOFU real_authors / world_facts, MUSE knowmem, WHP, WMDP):
-  question_entity - the first quoted span of the question, else its longest run of
-                    capitalised words (leading question/function words such as "What",
-                    "The" are dropped; "of"/"the" and name particles may join words:
-                    "Land of the Rising Sun").
-These questions often have no named entity at all ("Which river is the longest in the
-world?", "What percentage of phones ..."), so their loaders default to
-on_missing_subject="keep" (subject None) rather than "raise".
-
-`on_missing_subject`: "raise" -> `SubjectNotFound` naming split, index and question;
-"skip" -> drop the fact; "keep" -> keep it with subject None.
+The transfer benchmarks (RWKU, MUSE, WHP, WMDP) are loaded by `timerome.benchmarks` with the
+public helpers here (`load_rows`, `record_field`, `check_policy`, `apply_subjects`); TOFU, the
+data every experiment uses, stays here with `Fact`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .subjects import locate_author_subject, locate_entity_subject, recover_author_name
 
 ENV_VAR = "TIMEROME_DATA"
 
@@ -168,7 +135,7 @@ _KINDS = {
 }
 
 
-def _field(rec, name, kind, src, where, *, prefix=""):
+def record_field(rec, name, kind, src, where, *, prefix=""):
     """rec[name], checked to be of `kind`; errors name file, line/item and field."""
     label = prefix + name
     if name not in rec:
@@ -181,7 +148,7 @@ def _field(rec, name, kind, src, where, *, prefix=""):
     return v
 
 
-def _load_rows(what, *, path, root, rel, hub=None):
+def load_rows(what, *, path, root, rel, hub=None):
     """Records from explicit `path`, else `<root>/<rel>`, else `hub()` -> (source, rows).
 
     `hub` is (repo, config, split) for `datasets.load_dataset`, or None if the dataset
@@ -247,12 +214,15 @@ def _is_connection_error(e) -> bool:
     return False
 
 
-def _check_policy(on_missing_subject):
+# ------------------------------------------------------------ missing-subject policy
+
+def check_policy(on_missing_subject):
+    """ValueError unless `on_missing_subject` is "raise", "skip" or "keep" (module docstring)."""
     if on_missing_subject not in ("raise", "skip", "keep"):
         raise ValueError(f"on_missing_subject must be 'raise', 'skip' or 'keep', got {on_missing_subject!r}")
 
 
-def _apply_subjects(facts, found, on_missing_subject, src):
+def apply_subjects(facts, found, on_missing_subject, src):
     """Attach subject matches (or None) to facts, applying the missing-subject policy."""
     out = []
     for f, m in zip(facts, found):
@@ -269,163 +239,6 @@ def _apply_subjects(facts, found, on_missing_subject, src):
         out.append(f)
     return out
 
-
-# ------------------------------------------------------------------------ subject rule
-
-# A word token: a parenthesised nickname "(Alex)", or letters/digits/hyphens with inner
-# apostrophes only before a capital ("O'Donnell" yes, "Vasquez's" -> "Vasquez").
-_TOKEN = re.compile(r"\([^\W\d_][\w\-]*\)|[^\W_](?:[\w\-]|['’](?=[A-ZÀ-Þ]))*")
-# Lower-case words allowed between capitalised words of a name or entity.
-_PARTICLES = frozenset("de da del della di do dos das du van von der den ter la le al el bin ibn y of the".split())
-_TITLES = frozenset("Mr Mrs Ms Dr St Jr Sr Prof".split())
-# Capitalised only because they start a question (or dates): dropped from the front of entities.
-_STOP = frozenset("""a an the what which who whom whose where when why how is are was were do does did
-    can could would should will shall may might must has have had in on at for from by to of and or but if as
-    with into about name according apart besides lastly also after before during since although yes no
-    it its this that these those their his her our my your there please tell give describe explain list
-    identify provide mention
-    monday tuesday wednesday thursday friday saturday sunday january february march april june july
-    august september october november december""".split())
-
-
-def _runs(text):
-    """Maximal runs of capitalised words in `text`: lists of (start, end, kind) tokens,
-    kind "word" | "particle" | "nick"; runs start and end with a word."""
-    runs, cur = [], []
-
-    def close():
-        while cur and cur[-1][2] != "word":
-            cur.pop()
-        if cur:
-            runs.append(list(cur))
-        cur.clear()
-
-    prev_end = None
-    for m in _TOKEN.finditer(text):
-        s, e, tok = m.start(), m.end(), m.group()
-        # keep the dot of initials and titles: "John F. Kennedy", "U.S.", "Mr. Weasley"
-        if text[e:e + 1] == "." and (len(tok) == 1 or tok in _TITLES):
-            e += 1
-        if tok[0] == "(":
-            kind = "nick" if tok[1].isupper() else None
-        elif tok[0].isupper():
-            kind = "word"
-        elif tok in _PARTICLES:
-            kind = "particle"
-        else:
-            kind = None
-        joined = prev_end is not None and text[prev_end:s].strip() == ""
-        if not joined or kind is None:
-            close()
-        if kind is not None and (cur or kind == "word"):
-            cur.append((s, e, kind))
-        prev_end = e
-    close()
-    return runs
-
-
-def _name_candidates(text):
-    """Every contiguous span of 2-6 capitalised words inside a run."""
-    out = set()
-    for run in _runs(text):
-        words = [t for t in run if t[2] == "word"]
-        for i in range(len(words)):
-            for j in range(i + 1, min(len(words), i + 6)):
-                out.add(text[words[i][0]:words[j][1]])
-    return out
-
-
-def recover_author_name(texts_per_fact) -> str | None:
-    """The capitalised multi-word span found in the most facts (ties: the longer one);
-    None if it occurs in fewer than half of them. `texts_per_fact`: iterable of
-    (question, answer) pairs of one author."""
-    counts, n = Counter(), 0
-    for texts in texts_per_fact:
-        n += 1
-        counts.update(set().union(*(_name_candidates(t) for t in texts)))
-    if not counts:
-        return None
-    name, c = max(counts.items(), key=lambda kv: (kv[1], len(kv[0])))
-    return name if 2 * c >= n else None
-
-
-def _find_words(text, phrase):
-    """Span of the first whole-word occurrence of `phrase` in `text`, or None."""
-    m = re.search(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)", text)
-    return m.span() if m else None
-
-
-_QUOTED = re.compile(
-    r"[\"“]([^\"“”]+)[\"”]"  # "double" or “curly”
-    r"|(?<!\w)['‘]((?:[^'‘’]|['’](?=\w))+?)['’](?!\w)"  # 'single' (inner Day's is fine)
-)
-_AUTHOR_REF = re.compile(r"\b(?:[Tt]he|[Tt]his|[Tt]hat|[Oo]ur)\s+(?:[^\s?,.;:]+\s+){0,3}?(?:author|writer)\b")
-_PRONOUN = re.compile(r"\b(?:[Hh]e|[Ss]he|[Hh]is|[Hh]er|[Hh]im|[Tt]hey|[Tt]heir|[Tt]hem)\b")
-
-
-def _quoted(text):
-    m = _QUOTED.search(text)
-    if not m:
-        return None
-    g = 1 if m.group(1) is not None else 2
-    return m.group(g), m.span(g)
-
-
-def locate_entity_subject(question):
-    """Entity branch: first quoted span, else the longest capitalised run of the question
-    -> (subject, "question_entity", "question", span) or None."""
-    q = _quoted(question)
-    if q:
-        return q[0], "question_entity", "question", q[1]
-    best = None
-    for run in _runs(question):
-        # drop leading question/function words and particles ("What", "The", "In")
-        while run and (run[0][2] != "word" or question[run[0][0]:run[0][1]].rstrip(".").lower() in _STOP):
-            run = run[1:]
-        if not run:
-            continue
-        s, e = run[0][0], run[-1][1]
-        if best is None or e - s > best[1] - best[0]:
-            best = (s, e)
-    if best is None:
-        return None
-    return question[best[0]:best[1]], "question_entity", "question", best
-
-
-def locate_author_subject(question, answer, name):
-    """TOFU author branches 1-6 (module docstring) -> (subject, rule, field, span) or None."""
-    if name:
-        span = _find_words(question, name)
-        if span:
-            return name, "question_full_name", "question", span
-        part = next(_name_parts(question, name), None)
-        if part:
-            return part[0], "question_partial_name", "question", part[1]
-        span = _find_words(answer, name)
-        if span:
-            return name, "answer_full_name", "answer", span
-    q = _quoted(question)
-    if q:
-        return q[0], "question_title", "question", q[1]
-    for rx, rule in ((_AUTHOR_REF, "question_author_ref"), (_PRONOUN, "question_pronoun")):
-        m = rx.search(question)
-        if m:
-            return m.group(), rule, "question", m.span()
-    return None
-
-
-def _name_parts(question, name):
-    """Whole-word occurrences in `question` of contiguous parts of `name`: longest
-    first, then the rightmost (surname before first name)."""
-    words = [(s, e) for run in _runs(name) for s, e, kind in run if kind == "word"]
-    parts = []
-    for n in range(len(words) - 1, 0, -1):  # longest first
-        for i in range(len(words) - n, -1, -1):  # rightmost first: surname before first name
-            parts.append(name[words[i][0]:words[i + n - 1][1]])
-    for part in parts:
-        span = _find_words(question, part)
-        if span:
-            yield part, span
 
 
 # ------------------------------------------------------------------------------- TOFU
@@ -461,8 +274,8 @@ def load_tofu(split, root=None, *, path=None, on_missing_subject=None) -> list[F
     entity_split = split in _TOFU_ENTITY
     if on_missing_subject is None:
         on_missing_subject = "keep" if entity_split else "raise"
-    _check_policy(on_missing_subject)
-    src, rows = _load_rows(f"TOFU split {split!r}", path=path, root=root,
+    check_policy(on_missing_subject)
+    src, rows = load_rows(f"TOFU split {split!r}", path=path, root=root,
                            rel=f"tofu/{split}.json", hub=(TOFU_HUB, split, "train"))
 
     facts = [_tofu_fact(split, i, rec, src, where) for i, (where, rec) in enumerate(rows)]
@@ -481,25 +294,25 @@ def load_tofu(split, root=None, *, path=None, on_missing_subject=None) -> list[F
         for f in facts:
             f.extra["author_name"] = names[f.entity_id]
         found = [locate_author_subject(f.question, f.answer, names[f.entity_id]) for f in facts]
-    return _apply_subjects(facts, found, on_missing_subject, src)
+    return apply_subjects(facts, found, on_missing_subject, src)
 
 
 def _tofu_fact(split, i, rec, src, where):
-    fact = Fact(question=_field(rec, "question", "str", src, where),
-                answer=_field(rec, "answer", "answer", src, where), split=split, index=i)
+    fact = Fact(question=record_field(rec, "question", "str", src, where),
+                answer=record_field(rec, "answer", "answer", src, where), split=split, index=i)
     used = {"question", "answer"}
     if split in ("real_authors", "world_facts"):
         names = [f"option{k}" for k in range(1, 5)]
-        fact.extra["options"] = [_field(rec, n, "str", src, where) for n in names]
+        fact.extra["options"] = [record_field(rec, n, "str", src, where) for n in names]
         used.update(names)
     elif split.endswith("_perturbed"):
-        fact.perturbed_answers = list(_field(rec, "perturbed_answer", "list[answer]", src, where))
+        fact.perturbed_answers = list(record_field(rec, "perturbed_answer", "list[answer]", src, where))
         used.add("perturbed_answer")
         # real_authors/world_facts_perturbed have no paraphrase: paraphrased_answer stays
         # None and metrics use the original answer in its place, as TOFU does.
         if split not in _TOFU_ENTITY:
-            fact.paraphrased_answer = _field(rec, "paraphrased_answer", "answer", src, where)
-            fact.paraphrased_question = _field(rec, "paraphrased_question", "str", src, where)
+            fact.paraphrased_answer = record_field(rec, "paraphrased_answer", "answer", src, where)
+            fact.paraphrased_question = record_field(rec, "paraphrased_question", "str", src, where)
             used.update(("paraphrased_answer", "paraphrased_question"))
     fact.extra.update({k: v for k, v in rec.items() if k not in used})
     return fact
@@ -521,159 +334,3 @@ def _tofu_author_ids(split, facts, root):
             return [f"tofu_author_{r // _AUTHOR_SIZE:03d}" for r in rows]
     off = _TOFU_AUTHOR_OFFSET[split]
     return [f"tofu_author_{off + f.index // _AUTHOR_SIZE:03d}" for f in facts]
-
-
-# ------------------------------------------------------------------------------- RWKU
-
-RWKU_LEVELS = ("forget_level1", "forget_level2", "forget_level3", "neighbor_level1", "neighbor_level2")
-
-
-def rwku_targets(root=None) -> list[str]:
-    """RWKU target directory names under <root>/rwku/Target, sorted by numeric prefix."""
-    base = data_root(root)
-    tdir = base / "rwku" / "Target" if base is not None else None
-    if tdir is None or not tdir.is_dir():
-        where = tdir if tdir is not None else f"${ENV_VAR}/rwku/Target ({ENV_VAR} is not set)"
-        raise DataNotFound(f"RWKU: no target directory {where}; set {ENV_VAR} to the data root (or pass root=)")
-    names = [p.name for p in tdir.iterdir() if p.is_dir()]
-    bad = [n for n in names if not n.split("_", 1)[0].isdigit()]
-    if bad:
-        raise DataError(f"{tdir}: target directories must be named <number>_<name>, got {bad[:3]}")
-    return sorted(names, key=lambda n: int(n.split("_", 1)[0]))
-
-
-def load_rwku(target=None, level="forget_level1", root=None) -> list[Fact]:
-    """RWKU probes for one target (directory name, e.g. "1_Stephen_King") or all targets
-    (None). Subjects are given by the data (rule "given"): the row's `subject`, or for
-    neighbor levels the `neighbor` entity, with the target subject in extra["target_subject"]."""
-    if level not in RWKU_LEVELS:
-        raise ValueError(f"unknown RWKU level {level!r}; valid: {', '.join(RWKU_LEVELS)}")
-    targets = rwku_targets(root)
-    if target is not None:
-        if target not in targets:
-            raise ValueError(f"unknown RWKU target {target!r}; valid e.g. {', '.join(targets[:5])}, ... "
-                             f"({len(targets)} directories under rwku/Target)")
-        targets = [target]
-    neighbor = level.startswith("neighbor")
-    facts = []
-    for t in targets:
-        src, rows = _load_rows(f"RWKU {t}/{level}", path=None, root=root, rel=f"rwku/Target/{t}/{level}.json")
-        for i, (where, rec) in enumerate(rows):
-            q = _field(rec, "query", "str", src, where)
-            f = Fact(question=q, answer=_field(rec, "answer", "answer", src, where),
-                     split=f"rwku/{t}/{level}", index=i, entity_id=t, subject_rule="given",
-                     extra={"level": _field(rec, "level", "str|int", src, where),
-                            "type": _field(rec, "type", "str", src, where)})
-            target_subject = _field(rec, "subject", "str", src, where)
-            if neighbor:
-                f.subject = _field(rec, "neighbor", "str", src, where)
-                f.extra["target_subject"] = target_subject
-            else:
-                f.subject = target_subject
-            # the given subject is often not in the query (cloze/adversarial): no span then
-            span = _find_words(q, f.subject)
-            if span:
-                f.subject_span, f.subject_in = span, "question"
-            facts.append(f)
-    return facts
-
-
-# ------------------------------------------------------------------------------- MUSE
-
-MUSE_CORPORA = {"news": "muse-bench/MUSE-News", "books": "muse-bench/MUSE-Books"}
-MUSE_KNOWMEM_SPLITS = ("forget_qa", "retain_qa", "forget_qa_icl", "retain_qa_icl")
-
-
-def _check_corpus(corpus):
-    if corpus not in MUSE_CORPORA:
-        raise ValueError(f"unknown MUSE corpus {corpus!r}; valid: {', '.join(MUSE_CORPORA)}")
-
-
-def load_muse_knowmem(corpus, split, root=None, *, path=None, on_missing_subject="keep") -> list[Fact]:
-    """MUSE knowmem QA from `<root>/muse/<corpus>/knowmem/<split>.json` (JSON array of
-    {question, answer}). Subjects by the entity rule; many of these questions name no
-    clean entity ("What percentage of ..."), hence on_missing_subject="keep"."""
-    _check_corpus(corpus)
-    if split not in MUSE_KNOWMEM_SPLITS:
-        raise ValueError(f"unknown MUSE knowmem split {split!r}; valid: {', '.join(MUSE_KNOWMEM_SPLITS)}")
-    _check_policy(on_missing_subject)
-    rel = f"muse/{corpus}/knowmem/{split}.json"
-    src, rows = _load_rows(f"MUSE {corpus} knowmem {split!r}", path=path, root=root, rel=rel)
-    facts = [Fact(question=_field(r, "question", "str", src, w), answer=_field(r, "answer", "answer", src, w),
-                  split=f"muse/{corpus}/knowmem/{split}", index=i) for i, (w, r) in enumerate(rows)]
-    return _apply_subjects(facts, [locate_entity_subject(f.question) for f in facts], on_missing_subject, src)
-
-
-def load_muse_verbmem(corpus, root=None, *, path=None) -> list[Fact]:
-    """MUSE verbmem forget set ({prompt, gt}: continue a passage verbatim) from
-    `<root>/muse/<corpus>/verbmem/forget.json`, else the hub (config "verbmem", split
-    "forget"). A continuation task has no subject: subject stays None."""
-    _check_corpus(corpus)
-    src, rows = _load_rows(f"MUSE {corpus} verbmem", path=path, root=root,
-                           rel=f"muse/{corpus}/verbmem/forget.json",
-                           hub=(MUSE_CORPORA[corpus], "verbmem", "forget"))
-    return [Fact(question=_field(r, "prompt", "str", src, w), answer=_field(r, "gt", "answer", src, w),
-                 split=f"muse/{corpus}/verbmem/forget", index=i) for i, (w, r) in enumerate(rows)]
-
-
-# -------------------------------------------------------------------------------- WHP
-
-def load_whp(root=None, *, path=None, on_missing_subject="keep") -> list[Fact]:
-    """WHP ("Who's Harry Potter") evaluation prompts, format of magikarp01/tasks
-    hp/data/msr_data/evaluation_prompts.json (a JSON array; JSON Lines also read):
-    rows {"prompt": {"references": [...], "prompt": str, "subtlety": int}}.
-    Local only: `<root>/whp/evaluation_prompts.json`."""
-    _check_policy(on_missing_subject)
-    src, rows = _load_rows("WHP evaluation prompts", path=path, root=root, rel="whp/evaluation_prompts.json")
-    facts = []
-    for i, (w, rec) in enumerate(rows):
-        p = _field(rec, "prompt", "dict", src, w)
-        refs = _field(p, "references", "list[answer]", src, w, prefix="prompt.")
-        if not refs:
-            raise DataError(f"{src}: {w}: field 'prompt.references' must not be empty")
-        facts.append(Fact(question=_field(p, "prompt", "str", src, w, prefix="prompt."), answer=refs[0],
-                          split="whp/evaluation_prompts", index=i,
-                          extra={"references": refs,
-                                 "subtlety": _field(p, "subtlety", "int", src, w, prefix="prompt.")}))
-    return _apply_subjects(facts, [locate_entity_subject(f.question) for f in facts], on_missing_subject, src)
-
-
-def load_whp_trivia(root=None, *, path=None, on_missing_subject="keep") -> list[Fact]:
-    """WHP trivia, JSON Lines {question, true_answer, false_answer} (magikarp01/tasks
-    hp/data/harry_potter_trivia_502_v2.jsonl); the false answer is the one perturbed
-    answer. Local only: `<root>/whp/harry_potter_trivia_502_v2.jsonl`."""
-    _check_policy(on_missing_subject)
-    src, rows = _load_rows("WHP trivia", path=path, root=root, rel="whp/harry_potter_trivia_502_v2.jsonl")
-    facts = [Fact(question=_field(r, "question", "str", src, w), answer=_field(r, "true_answer", "answer", src, w),
-                  perturbed_answers=[_field(r, "false_answer", "answer", src, w)],
-                  split="whp/trivia", index=i) for i, (w, r) in enumerate(rows)]
-    return _apply_subjects(facts, [locate_entity_subject(f.question) for f in facts], on_missing_subject, src)
-
-
-# ------------------------------------------------------------------------------- WMDP
-
-WMDP_HUB = "cais/wmdp"
-WMDP_CONFIGS = ("wmdp-bio", "wmdp-chem", "wmdp-cyber")
-
-
-def load_wmdp(config="wmdp-bio", root=None, *, path=None, on_missing_subject="keep") -> list[Fact]:
-    """WMDP multiple-choice questions {question, choices, answer: int}; Fact.answer is
-    the correct choice text, the other choices are `perturbed_answers`. From `path`, else `<root>/wmdp/<config>.jsonl`, else the
-    hub (`cais/wmdp`, split "test")."""
-    if config not in WMDP_CONFIGS:
-        raise ValueError(f"unknown WMDP config {config!r}; valid: {', '.join(WMDP_CONFIGS)}")
-    _check_policy(on_missing_subject)
-    src, rows = _load_rows(f"WMDP {config}", path=path, root=root, rel=f"wmdp/{config}.jsonl",
-                           hub=(WMDP_HUB, config, "test"))
-    facts = []
-    for i, (w, r) in enumerate(rows):
-        choices = _field(r, "choices", "list[str]", src, w)
-        k = _field(r, "answer", "int", src, w)
-        if not 0 <= k < len(choices):
-            raise DataError(f"{src}: {w}: field 'answer' = {k} is not an index into {len(choices)} choices")
-        if not choices[k].strip():
-            raise DataError(f"{src}: {w}: field 'choices' item {k} (the answer) must be a non-empty string")
-        facts.append(Fact(question=_field(r, "question", "str", src, w), answer=choices[k],
-                          perturbed_answers=[c for j, c in enumerate(choices) if j != k],
-                          split=f"wmdp/{config}", index=i, extra={"choices": choices, "answer_index": k}))
-    return _apply_subjects(facts, [locate_entity_subject(f.question) for f in facts], on_missing_subject, src)

@@ -44,6 +44,9 @@ are scored without an EOS token (TOFU's labels include one), with the backbone's
 template, and for MDLMs the log-probability is the Monte-Carlo ELBO (so ``prob`` etc. use the
 ELBO per token). TOFU evaluates only the first 300 examples of each split (``ds_size: 300``);
 pass ``max_examples=300`` to do the same.
+
+Over 400 lines for one reason: the TOFU column definitions and the `evaluate` loop that feeds
+them are read together against TOFU's own code, line by line.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ Prompt = question, target = answer; nothing is paraphrased or augmented.
 """
 from __future__ import annotations
 
-from .. import data
+from .. import benchmarks, data
 
 PARTS = ("tofu_forget", "tofu_retain", "real_authors", "world_facts", "muse_news", "muse_books",
          "rwku_forget", "rwku_neighbor")
@@ -31,10 +31,10 @@ def load_part(part: str, root=None) -> list:
     if part in ("real_authors", "world_facts"):
         return data.load_tofu(part, root)
     if part in ("muse_news", "muse_books"):
-        return data.load_muse_knowmem(part.split("_")[1], "forget_qa", root)
+        return benchmarks.load_muse_knowmem(part.split("_")[1], "forget_qa", root)
     if part in ("rwku_forget", "rwku_neighbor"):
         level = "forget_level1" if part == "rwku_forget" else "neighbor_level1"
-        return data.load_rwku(None, level, root)[:RWKU_PROBES]
+        return benchmarks.load_rwku(None, level, root)[:RWKU_PROBES]
     raise ValueError(f"unknown world part {part!r}; expected one of {PARTS}")
 
 
