@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from timerome import ar_trace as AR
+from timerome import selection as SEL
 from timerome import tie_results as R
 from timerome import tracer as T
 from timerome.data import Fact
@@ -388,7 +389,7 @@ def test_selection_argmax_ranking_paper_and_per_fact():
     tie[:, 1, 2, 3] = [2.0, -3.0, 2.5]  # attn, layer 2, step 3: the largest mean |TIE| (signs differ)
     tie[:, 0, 1, :] += 1.0  # resid layer 1: the best resid layer at every step
     tie[0, 2, 0, 4] = 6.0  # one fact's own best coordinate (mean |TIE| over facts still < 2.5)
-    sel = R.select_coordinate(_synthetic(tie))
+    sel = SEL.select_coordinate(_synthetic(tie))
     assert (sel.best.module, sel.best.layer, sel.best.step) == ("attn", 2, 3)
     assert sel.best.score == pytest.approx(2.5)
     assert len(sel.ranking) == 3 * 4 * 5 and sel.ranking[0] == sel.best
@@ -402,7 +403,7 @@ def test_selection_argmax_ranking_paper_and_per_fact():
     assert sel.per_fact[0] == {"fact_id": "toy:0", "module": "mlp", "layer": 0, "step": 4, "tie": 6.0}
     assert (sel.per_fact[1]["module"], sel.per_fact[1]["tie"]) == ("attn", -3.0)
     assert list(sel.frame().columns) == ["module", "layer", "step", "score"]
-    assert R.select_coordinate(_synthetic(tie[:, :1], modules=("resid",))).paper.layer == 1
+    assert SEL.select_coordinate(_synthetic(tie[:, :1], modules=("resid",))).paper.layer == 1
 
 
 def test_beta_penalty_with_neighbours():
@@ -417,7 +418,7 @@ def test_beta_penalty_with_neighbours():
     sel = res.select(neigh, beta=1.0)
     assert sel.best[:3] == ("mlp", 1, 1) and sel.best.score == pytest.approx(1.5) and sel.beta == 1.0
     assert [c for c in sel.ranking if c[:3] == ("resid", 0, 0)][0].score == pytest.approx(1.0)
-    np.testing.assert_allclose(R.select_coordinate(res, nb, beta=1.0).objective, sel.objective)  # array neighbours
+    np.testing.assert_allclose(SEL.select_coordinate(res, nb, beta=1.0).objective, sel.objective)  # array neighbours
     with pytest.raises(ValueError, match="neighbour set"):
         res.select(beta=0.5)
     with pytest.raises(ValueError, match="shape"):
@@ -497,7 +498,7 @@ def test_ranking_treats_round_off_as_ties():
     tie = np.zeros((1, 1, 3, 2))
     tie[0, 0, :, 0] = [1e-6, 3e-6, 0.0]  # last-layer-like noise: all ties
     tie[0, 0, 1, 1] = 0.5
-    tie[0, 0, 2, 1] = 0.5 + R.TIE_RESOLUTION / 10  # round-off above a real effect: a tie too
-    sel = R.select_coordinate(_synthetic(tie, modules=("resid",)))
+    tie[0, 0, 2, 1] = 0.5 + SEL.TIE_RESOLUTION / 10  # round-off above a real effect: a tie too
+    sel = SEL.select_coordinate(_synthetic(tie, modules=("resid",)))
     assert [(c.layer, c.step) for c in sel.ranking] == [(1, 1), (2, 1), (0, 0), (0, 1), (1, 0), (2, 0)]
     assert sel.best.layer == 1 and sel.paper.layer == 1

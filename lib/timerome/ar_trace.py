@@ -47,8 +47,8 @@ def ar_positional_trace(backbone, facts, *, sigma: float | None = None, modules=
             cells = list(itertools.product(range(P), range(L)))
             patches = [(r, point(m, j), [t], clean[point(m, j)][0, t:t + 1]) for r, (t, l) in enumerate(cells)
                        for j in range(max(0, l - window // 2), min(L, l + (window + 1) // 2))]
-            chunks = forward_chunks(backbone, x.expand(len(cells), -1), None, p.subject, noise, patches, batch_size=batch_size,
-                             counts=counts)
+            chunks = forward_chunks(backbone, x.expand(len(cells), -1), None, p.subject, noise, patches,
+                                    batch_size=batch_size, counts=counts)
             lp = np.concatenate([answer_logp(lg[:, g:g + n].float(), p.gold) for _, _, lg, _ in chunks])
             ie[i, mi, :P] = (lp - lp_corr[-1]).reshape(P, L)
     tok = backbone.tokenizer

@@ -28,6 +28,12 @@ rows and batches (target ≥ 70%; also without the early exit after the hooked l
 of install time (target < 5% up to |F| = 4000; also on synthetic keys and for the |F|×|F| Gram
 of Eq. 11); sampling time with |F| = 400, q = 4 installed vs none (target ≤ 1.05×; wall clock
 and the hook's own time); one streaming insert at |F| = 1000 vs a rebuild (target ≥ 20×).
+
+    python -m timerome.bench streaming [--backbone tiny-mdlm] [--facts 1000] [--repeats 101] [--hidden 4096]
+
+``streaming``: that last part alone. Each insert is also set against its memory-traffic floor:
+W (|F|×H float64) is read and written once per insert, so floor_s = 2·|F|·H·8 bytes over the
+memory bandwidth, measured in the same run as the best of a few copies of a 256 MB tensor.
 """
 from __future__ import annotations
 
@@ -82,12 +88,12 @@ def bench_likelihood(backbone_name="tiny-mdlm", n=400, seeds=20, n_mc=16, split=
 
 def bench_tracer(backbone_name="tiny-mdlm", n=8, naive_n=2, steps=8, repeats=3, threads=None):
     import timerome
-    from timerome import tracer
+    from timerome import splits, tracer
 
     if threads:
         torch.set_num_threads(threads)
     bb = timerome.load_backbone(backbone_name)
-    facts = tracer.validation_facts(n)
+    facts = splits.validation_facts(n)
     tracer.trace_tie(bb, facts[:1], steps=2, modules=("resid",))  # warm-up
     shapes, plain_logits = [], bb.logits
     bb.logits = lambda ids, attention_mask=None: shapes.append(tuple(ids.shape)) or plain_logits(ids, attention_mask)
@@ -157,20 +163,44 @@ def _plain_forward_s(bb, facts, target, batch_size):
     return time.perf_counter() - t0, len(seqs)
 
 
-def _insert_vs_rebuild(U, D, n, repeats, **kw):
+def _copy_bandwidth(device, nbytes=256 * 2 ** 20, repeats=5):
+    """Memory bandwidth (bytes/s) of ``device``: the best of ``repeats`` `copy_`s of an ``nbytes``
+    float64 tensor, each reading and writing ``nbytes``. (Both tensors are touched first, so no page
+    faults are timed.)"""
+    from timerome.capture import sync
+
+    src = torch.ones(nbytes // 8, dtype=torch.float64, device=device)
+    dst = torch.empty_like(src).copy_(src)
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * nbytes / best
+
+
+def _insert_vs_rebuild(U, D, n, repeats, bandwidth=None, **kw):
     """Median seconds of one `insert` into an n-fact memory, and of building the (n+1)-fact memory anew.
 
     Steady state, as `timeit` measures: the inserts run back to back (each undone by a `remove`
     off the clock), then the rebuilds back to back. (Interleaving them would time each insert
     right after a rebuild has evicted its data from the caches: on this 2-core VM a cold start
-    slows every small operation several-fold, which measures the machine, not the algorithm.)"""
+    slows every small operation several-fold, which measures the machine, not the algorithm.)
+
+    With ``bandwidth`` (bytes/s, `_copy_bandwidth`): also the memory-traffic floor of one insert,
+    floor_s = 2·n·H·8 bytes / bandwidth (W, n×H float64, is read and written once), and
+    insert_s / floor_s."""
     from timerome.memory import EditMemory
 
     mem = EditMemory(U[:n], D[:n], keys=list(range(n)), **kw)
-    ins, reb = [], []
+    ins, reb, cuda = [], [], U.device.type == "cuda"
     for r in range(repeats):
         t0 = time.perf_counter()
         mem.insert(U[n + r], D[n + r], n + r)
+        if cuda:  # GPU work is asynchronous: time the insert when it is done
+            torch.cuda.synchronize(U.device)
         ins.append(time.perf_counter() - t0)
         mem.remove(n + r)
     for r in range(repeats):
@@ -180,7 +210,37 @@ def _insert_vs_rebuild(U, D, n, repeats, **kw):
         EditMemory(U_new, D_new, **kw)
         reb.append(time.perf_counter() - t0)
     i, b = float(np.median(ins)), float(np.median(reb))
-    return {"form": mem.gram, "insert_s": round(i, 6), "rebuild_s": round(b, 5), "rebuild_over_insert": round(b / i, 1)}
+    out = {"form": mem.gram, "n_facts": n, "hidden": U.shape[1], "insert_s": round(i, 6)}
+    if bandwidth:
+        floor = 2 * n * U.shape[1] * 8 / bandwidth
+        out.update(floor_s=float(f"{floor:.4g}"), insert_over_floor=round(i / floor, 1))
+    out.update(rebuild_s=round(b, 5), rebuild_over_insert=round(b / i, 1))
+    return out
+
+
+def bench_streaming(bb, layer, stream_facts=1000, stream_repeats=101, paper_hidden=4096, batch_size=32,
+                    lam=1.0, alpha=1.0, q=4):
+    """One streaming insert at |F| = stream_facts vs a rebuild from the stored keys (target >= 20x), on
+    captured keys (auto and facts form) and on synthetic keys at H = paper_hidden; each insert also
+    against its memory-traffic floor, with the copy bandwidth measured in this run."""
+    from timerome.capture import capture_keys
+
+    k = capture_keys(bb, _memory_facts(stream_facts + stream_repeats)[0], layer, batch_size=batch_size)
+    kw = dict(lam=lam, alpha=alpha, q=q)
+    g = torch.Generator().manual_seed(0)
+    U_big = torch.randn(stream_facts + stream_repeats, paper_hidden, generator=g, dtype=torch.float64)
+    n, r = stream_facts, stream_repeats
+    bw = {str(dev): _copy_bandwidth(dev) for dev in {k["U"].device, U_big.device}}
+    big_r = min(r, 21)  # a rebuild at H = paper_hidden is slow: fewer repeats suffice, the ratio is far from noise
+    return {
+        "n_facts": n, "repeats": r, "note": "from stored keys in both cases (capturing the new fact is common to both); "
+                                            "floor_s = 2*|F|*H*8 bytes / copy bandwidth (W read and written once)",
+        "copy_bandwidth_GBps": {dev: round(b / 1e9, 2) for dev, b in bw.items()},
+        "captured_keys": _insert_vs_rebuild(k["U"], k["D"], n, r, bw[str(k["U"].device)], **kw),
+        "captured_keys_facts_form_eq11": _insert_vs_rebuild(k["U"], k["D"], n, r, bw[str(k["U"].device)],
+                                                            gram="facts", **kw),
+        f"synthetic_keys_hidden_{paper_hidden}": _insert_vs_rebuild(U_big + 1.0, U_big.flip(0), n, big_r,
+                                                                     bw[str(U_big.device)], **kw)}
 
 
 def bench_memory(backbone_name="tiny-mdlm", layer=None, sizes=(10, 100, 400, 1000, 4000), batch_size=32,
@@ -262,17 +322,7 @@ def bench_memory(backbone_name="tiny-mdlm", layer=None, sizes=(10, 100, 400, 100
                        "hook_s_median": round(h, 4), "overhead_x_from_hook_time": round((p + h) / p, 4)}
 
     # --- streaming: one insert at |F| = stream_facts vs a rebuild from the stored keys -----------------
-    k = capture_keys(bb, _memory_facts(stream_facts + stream_repeats)[0], layer, batch_size=batch_size)
-    kw = dict(lam=lam, alpha=alpha, q=q)
-    g = torch.Generator().manual_seed(0)
-    U_big = torch.randn(stream_facts + stream_repeats, paper_hidden, generator=g, dtype=torch.float64)
-    n, r = stream_facts, stream_repeats
-    out["streaming"] = {
-        "n_facts": n, "repeats": r, "note": "from stored keys in both cases (capturing the new fact is common to both)",
-        "captured_keys": _insert_vs_rebuild(k["U"], k["D"], n, r, **kw),
-        "captured_keys_facts_form_eq11": _insert_vs_rebuild(k["U"], k["D"], n, r, gram="facts", **kw),
-        # (a rebuild at H = 4096 takes ~0.25 s: fewer repeats suffice, the ratio is far from noise there)
-        f"synthetic_keys_hidden_{paper_hidden}": _insert_vs_rebuild(U_big + 1.0, U_big.flip(0), n, min(r, 21), **kw)}
+    out["streaming"] = bench_streaming(bb, layer, stream_facts, stream_repeats, paper_hidden, batch_size, lam, alpha, q)
     return out
 
 
@@ -299,6 +349,11 @@ def main(argv=None):
     p.add_argument("--layer", type=int, default=None)
     p.add_argument("--sizes", default="10,100,400,1000,4000")
     p.add_argument("--repeats", type=int, default=7)
+    p = sub.add_parser("streaming", parents=[common])
+    p.add_argument("--layer", type=int, default=None)
+    p.add_argument("--facts", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=101)
+    p.add_argument("--hidden", type=int, default=4096)
     args = ap.parse_args(argv)
     if args.what == "likelihood":
         out = bench_likelihood(args.backbone, args.n, args.seeds, args.n_mc, threads=args.threads, first=args.first,
@@ -308,6 +363,15 @@ def main(argv=None):
     if args.what == "memory":
         out = bench_memory(args.backbone, args.layer, tuple(int(n) for n in args.sizes.split(",")),
                            repeats=args.repeats, threads=args.threads)
+    if args.what == "streaming":
+        import timerome
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        bb = timerome.load_backbone(args.backbone)
+        layer = bb.n_layers // 2 if args.layer is None else args.layer
+        out = {"backbone": args.backbone, "hidden": bb.hidden_size, "layer": layer, "threads": torch.get_num_threads(),
+               **bench_streaming(bb, layer, args.facts, args.repeats, args.hidden)}
     print(json.dumps(out, indent=1))
 
 

@@ -1,31 +1,29 @@
 """The edit memory: a multi-fact, low-rank, inference-time residual edit (paper 002 §III-C/D).
 
-Memory (Eq. 11-12). U, D ∈ R^{|F|×H}; G = (UUᵀ + λI)⁻¹ is never formed: the ridge Gram matrix
-is Cholesky-factorised (float64) and W = G U is precomputed once by triangular solves, so a
-forward costs c = W h (|F|·H per token), TopQ_q on |c| per token (q = 0: dense), then α Dᵀ c.
-When |F| > H the H×H Gram UᵀU + λI is factorised instead (the dual identity
-(UUᵀ + λI)⁻¹U = U(UᵀU + λI)⁻¹: same W, O(|F|H²) rather than O(|F|²H + |F|³)). For the dense
-map (q = 0, or q >= |F|) the whole edit is one H×H matrix α WᵀD, used when H < 2|F|.
+Edit (Eq. 12). U, D ∈ R^{|F|×H} hold one subject key and one target delta per fact (captured by
+`timerome.capture`, Eq. 6-9). A forward computes c = W h with W = (UUᵀ + λI)⁻¹U (|F|·H per
+token; W comes from the ridge factor of `timerome.ridge`, Eq. 11), keeps the q largest |c| per
+token (TopQ_q; q = 0: dense), and adds α Dᵀ c. For the dense map (q = 0, or q >= |F|) the whole
+edit is one H×H matrix α WᵀD, used when H < 2|F|. ``alpha`` and ``q`` change without
+refactorising; ``lam`` is fixed by the factor.
 
-Streaming. `insert` / `remove` update the factor and W without refactorising. Facts form: the
-factor grows by one row (a triangular solve, O(|F|²)) or loses one (a rank-1 Cholesky update
-of the trailing block, O(|F|²)), and W takes the matching rank-1 correction from the block
-inverse (O(|F|·H)). Hidden form: a rank-1 Cholesky update/downdate (O(H²)) and a
-Sherman-Morrison correction of W (O(|F|·H)). The form is chosen when the memory is factorised
-(construction, `load`) and kept while streaming. Both match a from-scratch build to float64
-round-off. An empty memory is a no-op: its hook returns the module output untouched, so the
-logits equal no_edit bitwise.
+Streaming. `EditMemory.insert` / `remove` update the factor and W exactly (see `timerome.ridge`)
+and keep D's rows alongside in a row buffer of the same kind; fact keys (str or int ids) map to
+rows. An empty memory is a no-op: its hook returns the module output untouched, so the logits
+equal no_edit bitwise.
 
 Install. `installed(backbone, layer, module, steps)` is a context manager that adds the edit to
 the module's output at every position of every forward (``steps=None`` or ``-1``: the paper's
 k* = -1), or only in forwards whose denoising step ``backbone.step`` (set by `sampler.generate`
 and the tracer) is in ``steps``. A step-restricted edit does not fire in forwards outside a
-sampler (``backbone.step`` is None, e.g. likelihood scoring).
+sampler (``backbone.step`` is None, e.g. likelihood scoring). `GatedEdit` is the single-fact
+edit of Eq. 10, installed the same way.
 
-The keys and deltas come from `timerome.capture` (Eq. 6-9); the Cholesky kernels of the streaming
-updates from `timerome.ridge`. This module stays over 400 lines for one reason: the factorisation,
-its streaming insert/remove and the Eq. 12 forward share the memory's row buffers and caches, and
-splitting them would expose those internals.
+Persistence. `save` writes U, D and the metadata; `load` refactorises them.
+
+The module is over 400 lines because the memory's own surface (validation, the TopQ forward,
+installation, persistence, construction from facts) stays with it; the factor and the capture
+are in their own modules.
 """
 from __future__ import annotations
 
@@ -39,13 +37,12 @@ import torch
 
 from .backbones import MODULES, point
 from .capture import DEFAULT_TARGET, capture_keys, sync
-from .ridge import cho_solve, cholesky_rank1, half_solves
+from .ridge import GRAM_FORMS, RidgeFactor, RowBuffer
 
 FORMAT = "timerome-edit-memory"
 FORMAT_VERSION = 1
 TENSORS_FILE, META_FILE = "memory.safetensors", "memory.json"
 _META_FIELDS = ("layer", "module", "alpha", "lam", "q", "keys", "backbone", "hidden_size", "n_facts", "target")
-GRAM_FORMS = ("auto", "facts", "hidden")  # which ridge Gram matrix is factorised (see the module docstring)
 
 
 # =========================================================================== validation helpers
@@ -219,14 +216,16 @@ class EditMemory:
         if len(set(keys)) != len(keys):
             dup = sorted({k for k in keys if keys.count(k) > 1}, key=str)[:5]
             raise ValueError(f"fact keys must be unique; repeated: {dup}")
-        self.U, self.D, self.keys = U, D, keys
+        self.keys = keys
         self._index = {k: i for i, k in enumerate(keys)}
         self.layer, self.module, self.backbone_id, self.target = layer, module, backbone_id, target
         self.skipped: list = []
         t0 = time.perf_counter()
-        self._factorise()
-        sync(self.U.device)
+        self._factor = RidgeFactor(U, self._lam, gram)  # Eq. 11: L and W = G U
+        self._D = RowBuffer(D)  # D's rows, indexed like the factor's U and W
+        sync(U.device)
         self.timings = {"solve_s": time.perf_counter() - t0}
+        self._cache = {}
 
     @classmethod
     def empty(cls, hidden_size: int, *, lam, alpha, q, device="cpu", **meta):
@@ -241,9 +240,7 @@ class EditMemory:
         return mem
 
     # --- parameters ----------------------------------------------------------------------------
-    @property
-    def lam(self) -> float:
-        return self._lam
+    lam = property(lambda self: self._lam, doc="λ (fixed by the factorisation)")
 
     @property
     def alpha(self) -> float:
@@ -278,59 +275,21 @@ class EditMemory:
         return (f"EditMemory(n_facts={len(self)}, hidden={self.hidden_size}, lam={self.lam:g}, "
                 f"alpha={self.alpha:g}, q={self.q}{where})")
 
-    # --- factorisation -------------------------------------------------------------------------
-    def _factorise(self):
-        """Cholesky-factorise the smaller of the two ridge Gram matrices (float64) and precompute
-        W = G U. Facts form (|F| <= H): L Lᵀ = UUᵀ + λI_|F|, W = (L Lᵀ)⁻¹U. Hidden form
-        (|F| > H): by the dual identity (UUᵀ + λI)⁻¹U = U(UᵀU + λI_H)⁻¹, L Lᵀ = UᵀU + λI_H and
-        W = U (L Lᵀ)⁻¹: O(|F|H²) instead of O(|F|²H + |F|³)."""
-        n, H = self.U.shape
-        self.gram = self.gram_choice if self.gram_choice != "auto" else "facts" if n <= H else "hidden"
-        if self.gram == "facts" and not n:
-            L, W = self.U.new_zeros(0, 0), self.U.clone()
-        else:
-            A = self.U @ self.U.T if self.gram == "facts" else self.U.T @ self.U
-            A.diagonal().add_(self.lam)
-            L, info = torch.linalg.cholesky_ex(A)
-            if int(info) != 0:
-                raise torch.linalg.LinAlgError(f"the ridge Gram matrix is not numerically positive definite "
-                                               f"(lam={self.lam:g}); use a larger lam")
-            W = cho_solve(L, self.U) if self.gram == "facts" else cho_solve(L, self.U.T).T
-        self._adopt(self.U, self.D, W.contiguous(), L)
+    # --- the factor (Eq. 11, `timerome.ridge`: U, W, L, gram) and the deltas D -----------------
+    U = property(lambda self: self._factor.U, doc="[|F|, H] subject keys (float64), row i for ``keys[i]``")
+    D = property(lambda self: self._D.view, doc="[|F|, H] target deltas (float64), row i for ``keys[i]``")
+    L = property(lambda self: self._factor.L, doc="the Cholesky factor of the ridge Gram matrix (see ``gram``)")
+    gram = property(lambda self: self._factor.gram, doc='the factorised Gram form, "facts" or "hidden"')
 
-    def _adopt(self, U, D, W, L):
-        """Take U, D, W, L as they are (fresh tensors): the row buffers are these, full."""
-        self._bufs = {"U": U.contiguous(), "D": D.contiguous(), "W": W.contiguous()}
-        self.U, self.D, self.W, self.L = self._bufs["U"], self._bufs["D"], self._bufs["W"], L.contiguous()
-        self._L_flat, self._L_slot = [None, None], None  # see `_spare_factor`
+    @property
+    def W(self) -> torch.Tensor:
+        """[|F|, H] W = (UUᵀ + λI)⁻¹U, the coefficient map c = W h."""
+        return self._factor.W
+
+    @W.setter
+    def W(self, value):
+        self._factor.W = value
         self._cache = {}
-
-    def _spare_factor(self, m: int) -> torch.Tensor:
-        """An m×m contiguous tensor for the next facts-form factor, in whichever of two reusable flat
-        buffers does not hold the current one. (Growing or shrinking L must copy it, since LAPACK's
-        solves want it contiguous; a fresh |F|² tensor costs page faults worth ~10× the copy.) The
-        caller must make the result the new ``self.L``: the buffer of the previous factor is reused."""
-        i = 1 if self._L_slot == 0 else 0
-        buf = self._L_flat[i]
-        if buf is None or buf.numel() < m * m:
-            rows = max(m + m // 8, 16)  # the factor is copied on every insert anyway: little headroom needed
-            buf = self._L_flat[i] = self.L.new_empty(rows * rows)
-        self._L_slot = i
-        return buf[:m * m].view(m, m)
-
-    def _reserve(self, rows: int):
-        """Room for ``rows`` rows in the U, D, W buffers: capacity doubles, so appending one fact
-        copies them O(1) times amortised. (L stays a contiguous tensor: LAPACK's triangular solves
-        are several times slower on a strided view than the O(|F|²) copy that growing it costs.)"""
-        n = len(self)
-        if self._bufs["U"].shape[0] >= rows:
-            return
-        cap = max(rows, 2 * self._bufs["U"].shape[0], 16)
-        for name in ("U", "D", "W"):
-            buf = self.U.new_zeros(cap, self.hidden_size)
-            buf[:n] = getattr(self, name)
-            self._bufs[name] = buf
-        self.U, self.D, self.W = self._bufs["U"][:n], self._bufs["D"][:n], self._bufs["W"][:n]
 
     def _compiled(self, device, dtype):
         """(W, αD, M or None) in the forward's device/dtype; M = αWᵀD is the dense H×H map."""
@@ -398,82 +357,37 @@ class EditMemory:
         """u, d as float64 vectors on the memory's device, validated together (one finiteness check:
         at small H a streaming insert is dominated by per-call overheads, not flops)."""
         u, d = _real(u, "u", "vector"), _real(d, "d", "vector")
+        U = self._factor.U
         for x, name in ((u, "u"), (d, "d")):
-            if x.shape != (self.hidden_size,):
-                raise ValueError(f"{name} must have shape ({self.hidden_size},), got {tuple(x.shape)}")
-        ud = torch.stack([u.to(self.U.device, torch.float64), d.to(self.U.device, torch.float64)])
+            if x.shape != (U.shape[1],):
+                raise ValueError(f"{name} must have shape ({U.shape[1]},), got {tuple(x.shape)}")
+        ud = torch.stack([u.to(U.device, torch.float64), d.to(U.device, torch.float64)])
         if not torch.isfinite(ud).all():
             raise ValueError(f"{'u' if not torch.isfinite(ud[0]).all() else 'd'} has non-finite entries")
         return ud[0], ud[1]
 
     def insert(self, u, d, key):
-        """Add one fact, updating the factorisation: O(|F|² + |F|H) (facts form) or O(H² + |F|H)
-        (hidden form), against O(|F|²H + |F|³) (or O(|F|H²)) for a rebuild. ``U``, ``D``, ``W``
-        are views into buffers that grow by doubling (W's rows are updated in place)."""
+        """Add one fact, updating the factor (`RidgeFactor.insert`): O(|F|² + |F|H) (facts form) or
+        O(H² + |F|H) (hidden form), against O(|F|²H + |F|³) (or O(|F|H²)) for a rebuild. ``U``, ``D``,
+        ``W`` are views into buffers that grow by doubling (W's rows are updated in place)."""
         key = _key(key)
         if key in self._index:
             raise KeyError(f"fact key {key!r} is already in the memory")
         u, d = self._fact_vectors(u, d)
-        n = len(self)
-        self._reserve(n + 1)
-        if self.gram == "facts":
-            # A' = [[A, b], [bᵀ, a]]: L' = [[L, 0], [lᵀ, √s]] with L l = b and s = a - lᵀl (the Schur
-            # complement, >= λ exactly); the block inverse of A' gives W' = [W - g rᵀ/s ; rᵀ/s] with
-            # g = G b and r = u - Uᵀg.
-            b = self.U @ u
-            l = torch.linalg.solve_triangular(self.L, b[:, None], upper=False)[:, 0] if n else b
-            s = float((u @ u + self.lam - l @ l).clamp_min(self.lam))
-            g = torch.linalg.solve_triangular(self.L.T, l[:, None], upper=True)[:, 0] if n else b
-            r = u - g @ self.U
-            self.W.addr_(g, r, alpha=-1 / s)
-            new_w = r / s
-            L = self._spare_factor(n + 1)
-            L[:n, :n], L[:n, n], L[n, :n], L[n, n] = self.L, 0.0, l, math.sqrt(s)
-            self.L = L
-        else:
-            # K' = K + uuᵀ: Sherman-Morrison with z = K⁻¹u, β = 1 + uᵀz gives W' = [W - (Wu)zᵀ/β ; zᵀ/β]
-            w, z = half_solves(self.L, u)
-            beta = 1 + float(w @ w)
-            self.L = cholesky_rank1(self.L, u, +1, w=w)
-            self.W.addr_(self.W @ u, z, alpha=-1 / beta)
-            new_w = z / beta
-        for name, row in (("U", u), ("D", d), ("W", new_w)):
-            self._bufs[name][n] = row
-        self.U, self.D, self.W = self._bufs["U"][:n + 1], self._bufs["D"][:n + 1], self._bufs["W"][:n + 1]
+        self._factor.insert(u)
+        self._D.append(d)
+        self._index[key] = len(self.keys)
         self.keys.append(key)
-        self._index[key] = n
         self._cache = {}
 
     def remove(self, key):
-        """Drop one fact, updating the factorisation (same costs as `insert`). The rows after it move
-        up by one in the buffers; W is then corrected in place by a rank-1 term."""
+        """Drop one fact, updating the factor (`RidgeFactor.remove`, same costs as `insert`). The rows
+        after it move up by one."""
         if key not in self._index:
             raise KeyError(f"fact key {key!r} is not in the memory")
-        k, n = self._index[key], len(self)
-        m = n - 1
-        if self.gram == "facts":
-            keep = torch.cat([torch.arange(k), torch.arange(k + 1, n)]).to(self.U.device)
-            e = self.U.new_zeros(n, 1)
-            e[k] = 1.0
-            g = cho_solve(self.L, e)[:, 0]  # column k of G
-            # G without row/col k is G₋ₖ - g₋ₖ g₋ₖᵀ/γ (γ = G_kk), hence W' = W₋ₖ - g₋ₖ w_kᵀ/γ
-            coef, vec, rank1_alpha = g[keep], self.W[k].clone(), -1 / float(g[k])
-            # deleting row/col k of L leaves [[L11, 0], [L31, L33']] with L33'L33'ᵀ = L33L33ᵀ + l32 l32ᵀ
-            L = self._spare_factor(m)
-            L[:k, :k], L[:k, k:], L[k:, :k] = self.L[:k, :k], 0.0, self.L[k + 1:, :k]
-            if k < n - 1:
-                L[k:, k:] = cholesky_rank1(self.L[k + 1:, k + 1:].contiguous(), self.L[k + 1:, k], +1)
-        else:
-            # K' = K - uuᵀ (>= λI): z = K⁻¹u, β = 1 - uᵀz > 0, W' = W₋ₖ + (W₋ₖu)zᵀ/β
-            u = self.U[k].clone()
-            w, z = half_solves(self.L, u)
-            coef, vec, rank1_alpha = None, z, 1 / (1 - float(w @ w))
-            L = cholesky_rank1(self.L, u, -1, w=w)
-        for name in ("U", "D", "W"):  # close the gap (capacity kept)
-            buf = self._bufs[name]
-            buf[k:m] = buf[k + 1:n].clone()
-        self.U, self.D, self.W, self.L = self._bufs["U"][:m], self._bufs["D"][:m], self._bufs["W"][:m], L
-        self.W.addr_(self.W @ u if coef is None else coef, vec, alpha=rank1_alpha)
+        k = self._index[key]
+        self._factor.remove(k)
+        self._D.remove(k)
         del self.keys[k]
         self._index = {kk: i for i, kk in enumerate(self.keys)}
         self._cache = {}

@@ -10,7 +10,9 @@ are returned sorted by id.
 
 Forget side. `validation_forget_facts` draws tuning facts from the authors of a larger forget
 split that are not in the test forget split (default forget05 minus forget01), round-robin over
-those authors, so no single author dominates the tuning set.
+those authors, so no single author dominates the tuning set. `validation_facts` is the tracer's
+F_v (Eq. 5): one fact from each of the first n forget10 authors outside forget01, so the Table I
+forget set never tunes the edited coordinate.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 
-__all__ = ["AuthorSplit", "split_authors", "retain_author_split", "retain_facts", "validation_forget_facts", "RETAIN_FILE"]
+__all__ = ["AuthorSplit", "split_authors", "retain_author_split", "retain_facts", "validation_forget_facts",
+           "validation_facts", "RETAIN_FILE"]
 
 RETAIN_FILE = "retain_perturbed"  # carries the paraphrased / perturbed answers the truth ratio needs
 RETAIN_PARTS = ("validation", "test")
@@ -123,3 +126,17 @@ def validation_forget_facts(n: int, root=None, *, split: str = "forget05", exclu
         raise ValueError(f"n={n} asked but {split} has only {total} facts of authors outside {exclude} "
                          f"with a subject in the question")
     return _round_robin([by_author[a] for a in authors])[:n]
+
+
+def validation_facts(n: int = 8, root=None, *, split: str = "forget10", exclude: str = "forget01") -> list:
+    """F_v: of each of the first n authors of ``split`` that are not in ``exclude``, the first fact
+    whose subject is in the question (so the Table I forget set never tunes the coordinate)."""
+    from .data import load_tofu
+
+    held, out = {f.entity_id for f in load_tofu(exclude, root)}, {}
+    for f in load_tofu(split, root):
+        if f.entity_id not in held and f.subject_in == "question":
+            out.setdefault(f.entity_id, f)
+    if len(out) < n:
+        raise ValueError(f"only {len(out)} authors of {split} are outside {exclude}; asked for n={n}")
+    return list(out.values())[:n]

@@ -1,9 +1,13 @@
-"""Results of a trace and Eq. 5: the saved `TIEResult` / `PositionalResult`, coordinate selection, the cache key.
+"""Saved results of a trace, and the key under which `tracer.trace_tie` caches one.
 
-Eq. 5 picks the coordinate argmax over (ℓ, k, m) of mean_{F_v} |TIE| − β mean_N |TIE|. Objectives
-within `TIE_RESOLUTION` nats are ties (batched forwards differ by float round-off far below it),
-broken in index order, so the ranking is the same on any machine and thread count. Results are
-saved as one .npz (arrays) with a JSON string of every other field, written whole then renamed.
+`TIEResult` holds the TIE of Eqs. 3-4 for a set of facts (Eq. 5's selection over it is
+`timerome.selection`); `PositionalResult` holds ROME's token x layer trace (`timerome.ar_trace`).
+Each is saved as one .npz: its arrays, plus a JSON string of every other field, written whole then
+renamed, so an interrupted save never leaves a torn cache file.
+
+The cache key hashes what determines a trace's values: the backbone (name, tokenizer, prompt
+format, and a fingerprint of every weight tensor), the facts and the settings. Forward hooks are
+not part of it, so `trace_tie` does not cache a model with hooks installed.
 """
 from __future__ import annotations
 
@@ -12,12 +16,15 @@ import itertools
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-TIE_RESOLUTION = 1e-4  # nats: Eq. 5 objectives closer than this are ties (float round-off, not effects)
+if TYPE_CHECKING:
+    from .selection import Selection
+
+__all__ = ["Saved", "TIEResult", "PositionalResult", "cache_key"]
 
 
 class Saved:
@@ -75,69 +82,14 @@ class TIEResult(Saved):
         return (np.abs(t) if absolute else t).mean(0)
 
     def select(self, neighbours=None, beta: float = 0.0) -> Selection:
+        """Eq. 5 over this result: `selection.select_coordinate`."""
+        from .selection import select_coordinate  # selection imports this module
+
         return select_coordinate(self, neighbours, beta)
 
     def __repr__(self):
         return (f"TIEResult({len(self.fact_ids)} facts, modules={self.modules}, layers={self.n_layers}, "
                 f"steps={self.steps}, sigma={self.settings['sigma']:.4g})")
-
-
-class Coordinate(NamedTuple):
-    module: str
-    layer: int
-    step: int  # -1: every step
-    score: float
-
-
-@dataclass(eq=False)
-class Selection:
-    """Eq. 5 over a `TIEResult`."""
-    best: Coordinate  # argmax over (ℓ, k, m) of the objective
-    ranking: list  # every Coordinate, best first (ties: module order, then layer, then step)
-    paper: Coordinate | None  # the paper's downstream choice: m = resid, every step, ℓ* = argmax_ℓ max_k objective
-    objective: np.ndarray  # [M, L, K]: mean_Fv |TIE| - beta mean_N |TIE|
-    per_fact: list  # per fact: {fact_id, module, layer, step, tie} at its own argmax |TIE|
-    beta: float
-
-    def frame(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.ranking, columns=Coordinate._fields)
-
-
-def select_coordinate(result: TIEResult, neighbours=None, beta: float = 0.0) -> Selection:
-    """Eq. 5: argmax over (ℓ, k, m) of mean_{F_v} |TIE| - beta mean_N |TIE|.
-
-    ``neighbours``: a `TIEResult` over the neighbour set N (same modules, layers and steps; trace it
-    with ``sigma=result.settings["sigma"]``) or an array [N, M, L, K]; beta > 0 needs it."""
-    if not beta >= 0:
-        raise ValueError(f"beta={beta} must be >= 0")
-    if beta > 0 and neighbours is None:
-        raise ValueError("beta > 0 needs a neighbour set (neighbours=)")
-    objective = np.abs(result.tie).mean(0)
-    if neighbours is not None:
-        if isinstance(neighbours, TIEResult) and neighbours.modules != result.modules:
-            raise ValueError(f"neighbour modules {neighbours.modules} != {result.modules}")
-        nt = neighbours.tie if isinstance(neighbours, TIEResult) else np.asarray(neighbours, dtype=float)
-        if nt.ndim != 4 or nt.shape[1:] != result.tie.shape[1:] or len(nt) == 0:
-            raise ValueError(f"neighbour TIE of shape {nt.shape}; expected [N>0, {', '.join(map(str, objective.shape))}]")
-        objective = objective - beta * np.abs(nt).mean(0)
-    # objectives within TIE_RESOLUTION nats tie (batched forwards differ by float round-off far below
-    # it), and ties go in index order: the ranking is the same on any machine and thread count
-    grid = np.round(objective / TIE_RESOLUTION)
-    cells = sorted(np.ndindex(objective.shape), key=lambda c: -grid[c])
-    ranking = [Coordinate(result.modules[m], l, k, float(objective[m, l, k])) for m, l, k in cells]
-    paper = None
-    if "resid" in result.modules:  # Eq. 5 restricted to m = resid, then k* = -1 (every step)
-        profile = objective[result.modules.index("resid")].max(1)
-        best = int(np.argmax(np.round(profile / TIE_RESOLUTION)))  # near-ties as in the ranking
-        paper = Coordinate("resid", best, -1, float(profile[best]))
-    per_fact = []
-    for fid, t in zip(result.fact_ids, result.tie):
-        m, l, k = np.unravel_index(int(np.argmax(np.abs(t))), t.shape)
-        per_fact.append({"fact_id": fid, "module": result.modules[m], "layer": int(l), "step": int(k),
-                         "tie": float(t[m, l, k])})
-    return Selection(ranking[0], ranking, paper, objective, per_fact, float(beta))
 
 
 def cache_key(backbone, facts, settings: dict) -> str:

@@ -1,7 +1,8 @@
 """Diffusion-time causal tracing: the Temporal Indirect Effect (TIE) of Eqs. 2-4.
 
-Results and Eq. 5's selection live in `timerome.tie_results`; ROME's positional trace for
-autoregressive models in `timerome.ar_trace`.
+Around it: the saved results and the cache key are `timerome.tie_results`, Eq. 5's coordinate
+selection `timerome.selection`, ROME's positional trace for autoregressive models
+`timerome.ar_trace`, and the validation facts F_v `splits.validation_facts`.
 
 Paper 002 §III-A/B (Eqs. 2-5), Algorithm 1 stages 1-2. For a fact (a question holding the
 subject tokens S, a gold answer o) and K denoising steps:
@@ -308,21 +309,8 @@ def aggregate(tie_by_step: np.ndarray, tau: float) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ entry point
-def validation_facts(n: int = 8, root=None, *, split: str = "forget10", exclude: str = "forget01") -> list:
-    """F_v: of each of the first n authors of ``split`` that are not in ``exclude``, the first fact
-    whose subject is in the question (so the Table I forget set never tunes the coordinate)."""
-    from .data import load_tofu
-
-    held, out = {f.entity_id for f in load_tofu(exclude, root)}, {}
-    for f in load_tofu(split, root):
-        if f.entity_id not in held and f.subject_in == "question":
-            out.setdefault(f.entity_id, f)
-    if len(out) < n:
-        raise ValueError(f"only {len(out)} authors of {split} are outside {exclude}; asked for n={n}")
-    return list(out.values())[:n]
-
-
 def check_facts(facts, modules):
+    """(the facts as a non-empty list, the modules as a tuple of distinct `MODULES` names), else ValueError."""
     facts = [facts] if hasattr(facts, "question") else list(facts)  # one Fact, or many
     if not facts:
         raise ValueError("no facts to trace (empty fact list)")
