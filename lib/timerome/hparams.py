@@ -71,7 +71,7 @@ class TimeROMEHParams:
         """`EditMemory.build` with these hyperparameters (``changes``: fields to override, e.g. alpha=2)."""
         from .memory import EditMemory
 
-        hp = self.replace(**changes).require_tuned() if changes else self.require_tuned()
+        hp = self.replace(**changes).require_tuned()
         if hp.steps is not None:
             raise ValueError("a step-restricted edit is installed with EditMemory.installed(..., steps=hp.steps)")
         return EditMemory.build(backbone, facts, hp.layer, module=hp.module, target=hp.target,
