@@ -79,14 +79,17 @@ def known_families_text() -> str:
                      for f in FAMILIES.values() if f.name not in TINY_FAMILIES)
 
 
-def _get(config, key):
-    return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+def config_value(config, key, default=None):
+    """``key`` of a config object or ``config.json`` dict (``default`` if absent or no config)."""
+    if config is None:
+        return default
+    return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
 
 
 def infer_family(config) -> str:
     """The family name for a config object or ``config.json`` dict (``architectures`` first)."""
-    model_type = str(_get(config, "model_type") or "").lower() if config is not None else ""
-    archs = list((_get(config, "architectures") if config is not None else None) or [])
+    model_type = str(config_value(config, "model_type") or "").lower()
+    archs = list(config_value(config, "architectures") or [])
     for f in FAMILIES.values():
         if any(a in f.architectures for a in archs):
             return f.name

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .backbones import Backbone, as_dtype
-from .families import FAMILIES, Family, UnknownFamily, get_family, infer_family, known_families_text
+from .families import FAMILIES, Family, UnknownFamily, config_value, get_family, infer_family, known_families_text
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -56,14 +56,6 @@ class UnknownArchitecture(BackboneLoadError, UnknownFamily):
 
 
 # ---------------------------------------------------------------------------------------------
-def _get(config, key, default=None):
-    if config is None:
-        return default
-    if isinstance(config, dict):
-        return config.get(key, default)
-    return getattr(config, key, default)
-
-
 def _get_family(family, config) -> Family:
     try:
         return get_family(family if family is not None else infer_family(config))
@@ -93,7 +85,7 @@ def resolve_mask_id(tokenizer, family: str | Family, *, config=None, mask_id=Non
         return int(mask_id)
     tried = []
     candidates = [("tokenizer.mask_token_id", getattr(tokenizer, "mask_token_id", None)),
-                  ("config.mask_token_id", _get(config, "mask_token_id"))]
+                  ("config.mask_token_id", config_value(config, "mask_token_id"))]
     vocab = {}
     if tokenizer is not None and hasattr(tokenizer, "get_vocab"):
         try:
@@ -179,7 +171,7 @@ def wrap_hf_model(model, tokenizer, *, family=None, mask_id=None, name: str = ""
     if not ad.causal:
         make_bidirectional(model)
     mid = resolve_mask_id(tokenizer, ad, config=config, mask_id=mask_id, vocab_size=_vocab_rows(model))
-    name = name or str(_get(config, "_name_or_path", "") or _get(config, "name_or_path", "") or ad.name)
+    name = name or str(config_value(config, "_name_or_path", "") or config_value(config, "name_or_path", "") or ad.name)
     try:
         bb = Backbone(model, tokenizer, ad, mask_id=mid, name=name, prompt_template=prompt_template,
                       answer_prefix=answer_prefix)
