@@ -34,6 +34,14 @@ and the hook's own time); one streaming insert at |F| = 1000 vs a rebuild (targe
 ``streaming``: that last part alone. Each insert is also set against its memory-traffic floor:
 W (|F|×H float64) is read and written once per insert, so floor_s = 2·|F|·H·8 bytes over the
 memory bandwidth, measured in the same run as the best of a few copies of a 256 MB tensor.
+
+    python -m timerome.bench cost [--backbone tiny-mdlm] [--methods timerome,npo,...] [--synthetic-blocks 1,2]
+
+``cost``: TimeROME's build against every gradient baseline's on forget01, each in its own process
+(`timerome.baselines.cost`), as ratios against the strongest converged gradient baseline: build
+speedup (target >= 20x) and extra peak memory share (target <= 2%); then the extra memory of one
+build step at the paper's size (LLaDA-8B-shaped random blocks, 1 and 2 deep, extrapolated linearly
+to 32 blocks).
 """
 from __future__ import annotations
 
@@ -41,6 +49,7 @@ import argparse
 import itertools
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -326,6 +335,34 @@ def bench_memory(backbone_name="tiny-mdlm", layer=None, sizes=(10, 100, 400, 100
     return out
 
 
+def bench_cost(backbone_name="tiny-mdlm", methods=None, hparams_file=None, threads=None, synthetic_blocks=(1, 2),
+               synthetic_facts=8, min_speedup=20.0, max_memory_share=0.02):
+    """TimeROME's build against the gradient baselines', each in its own process, with the issue's
+    goals as ratios: speedup >= ``min_speedup`` and memory share <= ``max_memory_share`` on the tiny
+    backbone; then extra memory at the paper's size (LLaDA-8B-shaped random blocks) per depth."""
+    from .baselines import cost
+
+    methods = methods or ("timerome", "ga", "gd", "npo", "simnpo", "rmu", "adaptive_rmu")
+    hparams_file = hparams_file or str(Path(__file__).resolve().parents[2] / "tables" / "timerome_hparams.json")
+    table = cost.cost_table(methods, backbone_name, hparams_file=hparams_file, threads=threads, log=None)
+    r = cost.ratios(table)
+    out = {"backbone": backbone_name, "rows": table.to_dict("records"), **{k: v for k, v in r.items() if k != "sentence"},
+           "speedup_goal": f">= {min_speedup:g}x: " + ("met" if r["speedup"] >= min_speedup else "NOT met"),
+           "memory_goal": f"<= {100 * max_memory_share:g}%: " + ("met" if r["memory_share"] <= max_memory_share else "NOT met"),
+           "sentence": r["sentence"]}
+    if synthetic_blocks:
+        syn = cost.synthetic_memory(("timerome", "npo"), n_blocks=synthetic_blocks, facts=synthetic_facts, threads=threads)
+        out["paper_size"] = syn.to_dict("records")
+        by = {m: g.sort_values("n_blocks") for m, g in syn.groupby("method")}
+        if len(synthetic_blocks) > 1:  # per block of depth: the slope between the two depths
+            per_block = {m: float(g.extra_mem_gb.diff().iloc[-1] / g.n_blocks.diff().iloc[-1]) for m, g in by.items()}
+            at_32 = {m: float(g.extra_mem_gb.iloc[-1] + per_block[m] * (32 - g.n_blocks.iloc[-1])) for m, g in by.items()}
+            out["paper_size_per_block_gb"] = per_block
+            out["paper_size_32_blocks_gb_extrapolated"] = at_32
+            out["paper_size_memory_share"] = at_32["timerome"] / at_32["npo"] if at_32["npo"] > 0 else float("nan")
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m timerome.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -354,7 +391,15 @@ def main(argv=None):
     p.add_argument("--facts", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=101)
     p.add_argument("--hidden", type=int, default=4096)
+    p = sub.add_parser("cost", parents=[common])
+    p.add_argument("--methods", default=None, help="comma-separated; default timerome and every gradient baseline")
+    p.add_argument("--hparams-file", default=None, help="default tables/timerome_hparams.json")
+    p.add_argument("--synthetic-blocks", default="1,2", help="depths of the paper-size memory measurement ('' = skip)")
+    p.add_argument("--synthetic-facts", type=int, default=8)
     args = ap.parse_args(argv)
+    if args.what == "cost":
+        out = bench_cost(args.backbone, tuple(args.methods.split(",")) if args.methods else None, args.hparams_file,
+                         args.threads, tuple(int(n) for n in args.synthetic_blocks.split(",") if n), args.synthetic_facts)
     if args.what == "likelihood":
         out = bench_likelihood(args.backbone, args.n, args.seeds, args.n_mc, threads=args.threads, first=args.first,
                                block=args.block, eos_tail=args.eos_tail)

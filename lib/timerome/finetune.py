@@ -2,12 +2,12 @@
 
 The paper fine-tunes each 8B MDLM on TOFU (LoRA r=128, 10 epochs) before editing it. This
 reuses `timerome.tiny.train.mdlm_batch` (LLaDA's SFT loss) on any `Backbone`, training only
-low-rank adapters on the chosen Linear layers, then merges them into the weights so the result
-is a plain frozen backbone again. Meant for a GPU; tested here on tiny stand-ins.
+low-rank adapters (peft LoRA) on the chosen Linear layers, then merges them into the weights so
+the result is a plain frozen backbone again. The gradient unlearning baselines use the same
+`add_lora` / `merge_lora`. Meant for a GPU; tested here on tiny stand-ins.
 """
 from __future__ import annotations
 
-import math
 import random
 
 import torch
@@ -17,48 +17,52 @@ import torch.nn.functional as F
 from .tiny.train import encode_pairs, length_batches, mdlm_batch
 
 
-class LoRALinear(nn.Module):
-    """y = W x + (alpha / r) B A x, with B initialised to zero (starts as the base layer)."""
-
-    def __init__(self, base: nn.Linear, r: int, alpha: float):
-        super().__init__()
-        self.base, self.scale = base, alpha / r
-        self.A = nn.Parameter(torch.randn(r, base.in_features, device=base.weight.device) / math.sqrt(base.in_features))
-        self.B = nn.Parameter(torch.zeros(base.out_features, r, device=base.weight.device))
-
-    def forward(self, x):
-        return self.base(x) + (x.to(self.A.dtype) @ self.A.T @ self.B.T * self.scale).to(x.dtype)
-
-    def merged(self) -> nn.Linear:
-        with torch.no_grad():
-            self.base.weight += (self.scale * self.B @ self.A).to(self.base.weight.dtype)
-        return self.base
+HEAD_NAMES = ("lm_head", "ff_out_lm")  # output heads are never adapted
 
 
-def _replace(root: nn.Module, pred, make):
-    for name, child in list(root.named_children()):
-        if isinstance(child, nn.Linear) and pred(name):
-            setattr(root, name, make(child))
-        else:
-            _replace(child, pred, make)
+def lora_targets(model: nn.Module, targets=None, layers=None, blocks: str = "blocks") -> list[str]:
+    """Full names of the Linear modules to adapt: those whose last name component is in ``targets``
+    (default: every Linear but the LM head) and, with ``layers``, that sit in block ``<blocks>.<l>``
+    for an l in it. Remote-code models (LLaDA) are matched the same way, by module name."""
+    want = None if targets is None else set(targets)
+    prefixes = None if layers is None else tuple(f"{blocks}.{int(l)}." for l in layers)
+    names = []
+    for name, mod in model.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if not isinstance(mod, nn.Linear) or last in HEAD_NAMES:
+            continue
+        if (want is None or last in want) and (prefixes is None or name.startswith(prefixes)):
+            names.append(name)
+    if not names:
+        raise ValueError(f"no Linear layer matched the LoRA targets {targets}"
+                         + ("" if layers is None else f" in blocks {list(layers)} of '{blocks}'"))
+    return names
 
 
-def add_lora(model: nn.Module, *, r: int, alpha: float, targets=None) -> list[nn.Parameter]:
-    """Wrap Linear layers whose attribute name is in ``targets`` (default: every Linear except
-    the LM head); returns the trainable LoRA parameters (everything else is frozen)."""
+def add_lora(model: nn.Module, *, r: int, alpha: float, targets=None, layers=None, blocks: str = "blocks") -> list[nn.Parameter]:
+    """Inject peft LoRA adapters (B = 0, so the model starts unchanged) into the Linear layers
+    `lora_targets` picks, in place (module paths and hook points stay where they were); every
+    other parameter is frozen. Returns the trainable adapter parameters."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    names = lora_targets(model, targets, layers, blocks)
     model.requires_grad_(False)
-    pred = (lambda n: n not in ("lm_head", "ff_out_lm")) if targets is None else (lambda n: n in targets)
-    _replace(model, pred, lambda lin: LoRALinear(lin, r, alpha))
-    params = [p for m in model.modules() if isinstance(m, LoRALinear) for p in (m.A, m.B)]
-    if not params:
-        raise ValueError(f"no Linear layer matched the LoRA targets {targets}")
+    inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=names, bias="none"), model)
+    params = [p for n, p in model.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
     return params
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    _replace_lora = lambda root: [setattr(root, n, c.merged()) if isinstance(c, LoRALinear) else _replace_lora(c)
-                                  for n, c in list(root.named_children())]
-    _replace_lora(model)
+    """Merge every adapter into its base weight and put the plain Linear back in its place."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, LoraLayer):
+            mod.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, mod.get_base_layer())
     return model.requires_grad_(False)
 
 

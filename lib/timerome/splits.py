@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 __all__ = ["AuthorSplit", "split_authors", "retain_author_split", "retain_facts", "validation_forget_facts",
-           "validation_facts", "RETAIN_FILE"]
+           "validation_facts", "anchor_facts", "RETAIN_FILE"]
 
 RETAIN_FILE = "retain_perturbed"  # carries the paraphrased / perturbed answers the truth ratio needs
 RETAIN_PARTS = ("validation", "test")
@@ -140,3 +140,24 @@ def validation_facts(n: int = 8, root=None, *, split: str = "forget10", exclude:
     if len(out) < n:
         raise ValueError(f"only {len(out)} authors of {split} are outside {exclude}; asked for n={n}")
     return list(out.values())[:n]
+
+
+def anchor_facts(source: str = "forget10", root=None, *, exclude=("forget05",), max_examples: int | None = None) -> list:
+    """Retain facts a gradient baseline may *train* on (its retain-NLL anchor): the facts of
+    ``source`` whose author is neither a ``RETAIN_FILE`` author (validation or test) nor an author
+    of any ``exclude`` split (the validation forget facts), round-robin over authors. The tiny
+    backbones learned forget10, so its authors outside forget05 are facts they know that no cell
+    scores; on a model fine-tuned on all of TOFU use ``source="retain99"``."""
+    from .data import load_tofu
+
+    banned = set(_authors(load_tofu(RETAIN_FILE, root), RETAIN_FILE))
+    for split in exclude:
+        banned |= set(_authors(load_tofu(split, root), split))
+    by_author = defaultdict(list)
+    for f in load_tofu(source, root):
+        if f.entity_id not in banned:
+            by_author[f.entity_id].append(f)
+    if not by_author:
+        raise ValueError(f"anchor_facts: every author of {source} is a retain or {list(exclude)} author")
+    out = _round_robin([by_author[a] for a in sorted(by_author)])
+    return out if max_examples is None else out[:int(max_examples)]
