@@ -8,7 +8,10 @@ Which retain facts each method may use is fixed here, so no method sees a scored
 * gradient anchors / RMU retain and the steering baselines' retain side: `splits.anchor_facts`
   (facts the model knows that no cell scores);
 * early stopping: the validation retain authors (`splits.retain_facts("validation")`);
-* TimeROME: its tuned `TimeROMEHParams` (``hparams_file``, written by 02).
+* TimeROME: its tuned `TimeROMEHParams` (``hparams_file``, written by 02); the steering baselines
+  act at its layer (the traced coordinate), the weight editors at their own modules' layers;
+* the steering coefficient, unless given, is chosen on the validation forget facts with TimeROME's
+  λ rule (`tuning.choose_lambda`: the largest forget drop whose retain drop is within budget).
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ class Context:
     overrides: dict = field(default_factory=dict)  # per method: keyword overrides of its defaults
     anchor_source: str = "forget10"  # `splits.anchor_facts` source: what the backbone learned
     n_anchor: int = 80
+    n_validation: int = 20        # validation forget facts (steering coefficient choice)
+    retain_budget: float = 5.0    # nats: the coefficient rule's retain budget
     in_place: bool = False        # gradient methods train the given backbone (the cost benchmark), not a copy
     _cache: dict = field(default_factory=dict)
 
@@ -38,6 +43,8 @@ class Context:
             import peft  # noqa: F401  (imported here: a lazy import would count as the build's memory)
         if method in ("timerome", "act_steer", "rmu_like", "rome", "memit", "alphaedit"):
             self.timerome_hparams
+        if method in ("act_steer", "rmu_like") and "coef" not in self.overrides.get(method, {}):
+            self.validation_forget
 
     @property
     def anchor(self) -> list:
@@ -52,6 +59,14 @@ class Context:
         if "val" not in self._cache:
             self._cache["val"] = splits.retain_facts("validation", self.root)
         return self._cache["val"]
+
+    @property
+    def validation_forget(self) -> list:
+        from .. import splits
+        if "val_forget" not in self._cache:
+            self._cache["val_forget"] = splits.validation_forget_facts(
+                self.n_validation, self.root, split="forget05", exclude=self.forget[0].split)
+        return self._cache["val_forget"]
 
     @property
     def timerome_hparams(self):
@@ -102,4 +117,59 @@ def _gradient(method, ctx):
     return Built(method, hp.label, res.backbone, None, converged=not res.collapsed(), info={"result": res})
 
 
-_BUILDERS = {"timerome": _timerome, "gradient": _gradient}
+def choose_coefficient(backbone, make, forget_val, retain_val, coefs, retain_budget, *, n_mc: int = 4):
+    """Steering coefficient by TimeROME's λ rule on validation facts: ``make(facts)`` builds the
+    steering from the validation forget facts, each coefficient is scored, `tuning.choose_lambda`
+    picks. Returns (coefficient, sweep frame)."""
+    import pandas as pd
+
+    from ..tuning import choose_lambda, validation_lp
+
+    base = validation_lp(backbone, forget_val, retain_val, n_mc=n_mc)
+    steer, rows = make(forget_val), []
+    for c in coefs:
+        s = steer.with_coef(c)
+        lp = validation_lp(backbone, forget_val, retain_val, edit=lambda s=s: s.installed(backbone), n_mc=n_mc)
+        rows.append({"lam_relative": float(c), "coef": float(c), "d_forget_val": float(lp.forget_val - base.forget_val),
+                     "d_retain_val": float(lp.retain_val - base.retain_val)})
+    sweep = pd.DataFrame(rows)
+    return float(choose_lambda(sweep, retain_budget).coef), sweep.drop(columns="lam_relative")
+
+
+def _steering(method, ctx):
+    from . import steering
+
+    bb, layer = ctx.backbone, ctx.timerome_hparams.layer
+    o = ctx.option(method, coefs=(0.01, 0.03, 0.1, 0.3, 1.0, 3.0))  # x mean activation norm
+    if method == "act_steer":
+        make, label = (lambda facts: steering.ActSteer.build(bb, facts, ctx.anchor, layer)), steering.ActSteer.LABEL
+    else:
+        make, label = (lambda facts: steering.RMULike.build(bb, facts, layer)), steering.RMULike.LABEL
+    info = {}
+    if "coef" in o:
+        coef = float(o["coef"])
+    else:
+        coef, info["coef_sweep"] = choose_coefficient(bb, make, ctx.validation_forget, ctx.validation_retain,
+                                                      o["coefs"], ctx.retain_budget)
+    steer = make(ctx.forget).with_coef(coef)
+    return Built(method, label, bb, lambda: steer.installed(bb), info={**info, "coef": coef, "steering": steer, "layer": layer})
+
+
+def _editor(method, ctx):
+    """ROME / MEMIT / AlphaEdit at their own defaults (layers chosen as in their modules: the
+    early-to-mid MLPs, ROME's locus), with ``overrides`` as hyperparameter fields."""
+    import importlib
+
+    mod = importlib.import_module(f".{method}", __package__)
+    hp_cls = {"rome": "ROMEHParams", "memit": "MEMITHParams", "alphaedit": "AlphaEditHParams"}[method]
+    hp = getattr(mod, hp_cls)(**ctx.option(method))
+    bb = ctx.backbone
+    edit = mod.build(bb, ctx.forget, hp)
+    layer = getattr(hp, "layer", None)
+    layer = layer if layer is not None else "-".join(str(l) for l in hp.layers)
+    return Built(method, EDITOR_LABELS[method], bb, lambda: edit.applied(bb), info={"edit": edit, "layer": layer})
+
+
+EDITOR_LABELS = {"rome": "ROME", "memit": "MEMIT", "alphaedit": "AlphaEdit"}
+_BUILDERS = {"timerome": _timerome, "gradient": _gradient, "act_steer": _steering, "rmu_like": _steering,
+             "rome": _editor, "memit": _editor, "alphaedit": _editor}
