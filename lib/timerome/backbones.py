@@ -127,8 +127,9 @@ class Backbone:
         return hooked({p: self.site(p) for p in points}, edit=edit, stop_after=stop_after)
 
     @contextlib.contextmanager
-    def at_step(self, k: int | None):
-        """While active, ``self.step`` is the denoising step ``k`` (restored on exit)."""
+    def at_step(self, k: int | tuple | None):
+        """While active, ``self.step`` is the denoising step ``k`` (restored on exit); a tuple gives one
+        step per batch row (`likelihood.ELBOOptions.step_clock`)."""
         prev, self.step = self.step, k
         try:
             yield self

@@ -6,7 +6,8 @@ nothing masked (denoising step 0), two forwards:
 * ``[prompt ; original answer]``: u_z = mean of the hooked output over the subject positions S_z
   (found by `tracer.subject_positions`, so exactly the tokens the tracer corrupts), v_o = mean
   over the answer positions;
-* ``[prompt ; target]`` (default target "I don't know."): v_t = mean over the target positions;
+* ``[prompt ; target]`` (default target "I don't know."; or one target per fact, e.g. a
+  counterfactual answer): v_t = mean over the target positions;
 
 and d_z = v_t - v_o. Prompts and answers are tokenised as everywhere else in the package
 (`likelihood.encode_example`: BOS if any, ``backbone.prompt(question)``, ``answer_prefix``).
@@ -24,13 +25,27 @@ from .backbones import MODULES, point
 DEFAULT_TARGET = "I don't know."
 
 
+def _targets(facts, target) -> list:
+    """One target string per fact: ``target`` repeated, or ``target`` itself when it is a sequence."""
+    if isinstance(target, str):
+        return [target] * len(facts)
+    target = list(target)
+    if len(target) != len(facts) or not all(isinstance(t, str) for t in target):
+        raise ValueError(f"target must be one string or one string per fact ({len(facts)} facts), got "
+                         f"{len(target)} value(s)")
+    return target
+
+
 def cloze_rows(backbone, facts, target, skip_unlocatable):
-    """Per usable fact: (fact, prompt ids, S, answer ids, target ids); and the skipped fact ids."""
+    """Per usable fact: (fact, prompt ids, S, answer ids, target ids); and the skipped fact ids.
+    ``target``: one string, or one per fact."""
     from .tracer import SubjectError, subject_positions
 
-    tgt = backbone.answer_ids(target, what="target")
+    targets = _targets(facts, target)
+    if isinstance(target, str):
+        tgt = backbone.answer_ids(target, what="target")
     rows, skipped = [], []
-    for f in facts:
+    for f, t in zip(facts, targets):
         try:
             prompt, S = subject_positions(backbone, f)
         except SubjectError:
@@ -39,7 +54,8 @@ def cloze_rows(backbone, facts, target, skip_unlocatable):
             skipped.append(f.fact_id)
             continue
         ans = backbone.answer_ids(f.answer, what=f"fact {f.fact_id}: answer")
-        rows.append((f, prompt, S, ans, tgt))
+        rows.append((f, prompt, S, ans, tgt if isinstance(target, str) else
+                     backbone.answer_ids(t, what=f"fact {f.fact_id}: target")))
     return rows, skipped
 
 
@@ -80,7 +96,7 @@ def _hooked_means(backbone, seqs, spans, layer, module, batch_size, early_exit) 
 def capture_keys(backbone, facts, layer: int, *, module: str = "resid", target: str = DEFAULT_TARGET,
                  batch_size: int = 32, skip_unlocatable: bool = False, early_exit: bool = True) -> dict:
     """Eq. 6-9 for a list of facts -> dict(U, D: [n, H] float64 on the backbone's device, fact_ids,
-    skipped, capture_s).
+    skipped, capture_s). ``target``: one string for every fact, or a sequence of one per fact.
 
     A fact whose subject is not in its question raises `tracer.SubjectError`; with
     ``skip_unlocatable`` it is left out and its id listed in ``skipped``. ``early_exit=False``

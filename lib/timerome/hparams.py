@@ -67,8 +67,10 @@ class TimeROMEHParams:
             raise ValueError(f"{source} have no tuned lambda (lam_relative is None): run 02_canonical_tofu first")
         return self
 
-    def build_memory(self, backbone, facts, *, skip_unlocatable: bool = True, batch_size: int = 32, **changes):
-        """`EditMemory.build` with these hyperparameters (``changes``: fields to override, e.g. alpha=2)."""
+    def build_memory(self, backbone, facts, *, skip_unlocatable: bool = True, batch_size: int = 32, frame=None,
+                     **changes):
+        """`EditMemory.build` with these hyperparameters (``changes``: fields to override, e.g. alpha=2;
+        ``frame``: a `timerome.keyframe.KeyFrame`, the centring/whitening extension, default none)."""
         from .memory import EditMemory
 
         hp = self.replace(**changes).require_tuned()
@@ -76,7 +78,7 @@ class TimeROMEHParams:
             raise ValueError("a step-restricted edit is installed with EditMemory.installed(..., steps=hp.steps)")
         return EditMemory.build(backbone, facts, hp.layer, module=hp.module, target=hp.target,
                                 lam_relative=hp.lam_relative, alpha=hp.alpha, q=hp.q, batch_size=batch_size,
-                                skip_unlocatable=skip_unlocatable)
+                                skip_unlocatable=skip_unlocatable, frame=frame)
 
     # --- files --------------------------------------------------------------------------------
     def save(self, path) -> Path:

@@ -38,6 +38,13 @@ each variant against i.i.d. per ``--block`` of forget10 facts (the Beta paramete
 100-199). ``stderr`` is the naive standard error ``sqrt(n/(n-1) sum_j w_j^2 (Y_j - total)^2)`` (NaN
 for ``n_mc == 1``); it ignores the stratification, so it usually over-states the error.
 
+Step clock (``step_clock=K``, default None). A scoring forward is no denoising step, so a
+step-restricted edit (`memory.install` with ``steps``) does not fire in it. With ``step_clock`` each
+row instead runs at the step of a K-step sampler (one block over the answer, the schedule of
+`sampler.num_transfer_tokens`) during which that many answer positions are still masked
+(`denoising_step`): ``backbone.step`` is a tuple with one step per batch row, and such an edit acts
+on the rows at its steps only. Unrestricted edits and the unedited model score the same either way.
+
 Causal backbones: exact teacher forcing ``sum_j log p(a_j | prompt, a_<j)``; the sampling options and
 ``eos_tail`` are ignored and ``stderr`` is 0.
 
@@ -53,6 +60,7 @@ float32, sums in float64, results on the CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -66,7 +74,7 @@ import torch
 from .rng import stable_seed
 
 __all__ = ["AnswerLogprob", "ELBOOptions", "answer_logprob", "answer_logprob_details", "exact_elbo", "encode_example",
-           "elbo_terms", "mc_variance", "mask_counts", "sample_masks", "strata_edges", "answer_tail", "DEFAULT_STRATA"]
+           "denoising_step", "elbo_terms", "mc_variance", "mask_counts", "sample_masks", "strata_edges", "answer_tail", "DEFAULT_STRATA"]
 
 DEFAULT_STRATA = (0.6, 0.8)  # Beta(a, b) whose quantiles cut the mask-ratio strata (module docstring)
 
@@ -90,6 +98,7 @@ class ELBOOptions:
     shared_offset: bool = False
     eos_tail: bool = True
     group_by_length: bool = False
+    step_clock: int | None = None  # K: run each row at the denoising step of its mask count (module docstring)
 
     def __post_init__(self):
         def bad(name, what, error=TypeError):
@@ -107,6 +116,13 @@ class ELBOOptions:
             if not (isinstance(v, (bool, np.bool_)) or v is None and name == "balanced"):
                 bad(name, "must be a bool" + (" or None" if name == "balanced" else ""))
             object.__setattr__(self, name, None if v is None else bool(v))
+        if self.step_clock is not None:
+            v = self.step_clock
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+                bad("step_clock", "must be None or an int (the sampler's number of steps)")
+            if v < 1:
+                bad("step_clock", "must be >= 1", ValueError)
+            object.__setattr__(self, "step_clock", int(v))
         if self.strata is not None:
             s = () if isinstance(self.strata, str) or not np.iterable(self.strata) else tuple(self.strata)
             if len(s) != 2 or not all(isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) for x in s):
@@ -145,6 +161,24 @@ def answer_tail(backbone, eos_tail: bool = True) -> list[int]:
     if backbone.eos_id is None:
         raise ValueError(f"{backbone.name or 'backbone'} has no EOS token: score with eos_tail=False")
     return [int(backbone.eos_id)]
+
+
+def denoising_step(masked: int, length: int, steps: int) -> int:
+    """The step k of a ``steps``-step sampler over ``length`` answer positions (one block, commits
+    per step from `sampler.num_transfer_tokens`) whose forwards see ``masked`` of them still masked
+    or, between two steps' counts, the step that is committing down through it: the largest k whose
+    input has at least ``masked`` masks. ``masked = length`` is step 0."""
+    from .sampler import num_transfer_tokens
+
+    if not 1 <= masked <= length or steps < 1:
+        raise ValueError(f"denoising_step: need 1 <= masked ({masked}) <= length ({length}) and steps ({steps}) >= 1")
+    commits = num_transfer_tokens(torch.tensor([length]), steps)[0].tolist()
+    left, k = length, 0  # masks at the input of step k
+    for k, n in enumerate(commits):
+        if left - n < masked:
+            return k
+        left -= n
+    return k
 
 
 
@@ -211,6 +245,7 @@ class _Row(NamedTuple):
     tokens: list  # model input (mask ids already in place), unpadded
     pos: list  # positions (in the unpadded row) whose logits are read
     target: list  # the token id each of those positions scores
+    step: int | None = None  # the denoising step the row runs at (`ELBOOptions.step_clock`)
 
 
 def _batches(rows, batch_size: int, group_by_length: bool):
@@ -243,7 +278,10 @@ def _score_rows(backbone, rows: list[_Row], batch_size: int, group_by_length: bo
             b_pos += [off + p for p in row.pos]
             b_tgt += row.target
             owner += [r] * len(row.pos)
-        sel = backbone.logits_at(ids.to(device), None if group_by_length else att.to(device), b_rows, b_pos)
+        steps = tuple(rows[r].step for r in idx)
+        clock = backbone.at_step(steps) if steps[0] is not None else contextlib.nullcontext()
+        with clock:  # one step per batch row, read by step-restricted edits
+            sel = backbone.logits_at(ids.to(device), None if group_by_length else att.to(device), b_rows, b_pos)
         lp = torch.log_softmax(sel.float(), dim=-1)
         lp = lp.gather(1, torch.as_tensor(b_tgt, device=lp.device)[:, None]).squeeze(1)
         out.index_add_(0, torch.as_tensor(owner), lp.double().cpu())
@@ -295,7 +333,8 @@ def answer_logprob_details(backbone, questions: Sequence[str], answers: Sequence
         for j in range(n_mc):
             m = masks[j].tolist()
             rows.append(_Row(p + [mask_id if mj else t for t, mj in zip(a, m)] + tail,
-                             [len(p) + i for i in range(L) if m[i]], [t for t, mj in zip(a, m) if mj]))
+                             [len(p) + i for i in range(L) if m[i]], [t for t, mj in zip(a, m) if mj],
+                             None if opt.step_clock is None else denoising_step(int(counts[j]), L, opt.step_clock)))
             factors.append(L / int(counts[j]))
         weights.append(w)
     samples = (_score_rows(backbone, rows, batch_size, by_len)

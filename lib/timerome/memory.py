@@ -19,7 +19,12 @@ and the tracer) is in ``steps``. A step-restricted edit does not fire in forward
 sampler (``backbone.step`` is None, e.g. likelihood scoring). `GatedEdit` is the single-fact
 edit of Eq. 10, installed the same way.
 
-Persistence. `save` writes U, D and the metadata; `load` refactorises them.
+Key frame (an extension, default off). ``frame=`` a `timerome.keyframe.KeyFrame` φ(x) = A(x − μ)
+regresses on centred / whitened keys: c = (ŨŨᵀ + λI)⁻¹ Ũ φ(h) with Ũ = φ(U), applied as
+c = W_eff h − b (`KeyFrame.fold`). ``U`` stays the captured keys; ``U_frame`` is φ(U). Without a
+frame every computation is the paper's Eq. 11-12, unchanged.
+
+Persistence. `save` writes U, D (and the frame) and the metadata; `load` refactorises them.
 
 The module is over 400 lines because the memory's own surface (validation, the TopQ forward,
 installation, persistence, construction from facts) stays with it; the factor and the capture
@@ -104,7 +109,10 @@ def install(backbone, delta, layer: int, module: str = "resid", steps=None, hidd
     (cast to h's dtype).
 
     ``steps``: None or -1 = every forward; else only forwards whose ``backbone.step`` is in it.
-    ``delta(h)`` may return None (no edit). On exit, also by exception, the hook is removed.
+    ``backbone.step`` may also be a tuple, one step per batch row (likelihood scoring with a step
+    clock, `likelihood.ELBOOptions.step_clock`): then only the rows whose step is in ``steps`` are
+    edited, the others pass through untouched. ``delta(h)`` may return None (no edit). On exit,
+    also by exception, the hook is removed.
     """
     if module not in MODULES:
         raise ValueError(f"module={module!r}; an edit is installed at one of {MODULES}")
@@ -114,8 +122,24 @@ def install(backbone, delta, layer: int, module: str = "resid", steps=None, hidd
     only = _steps(steps)
 
     def edit(_point, h):
-        if only is not None and backbone.step not in only:
-            return None
+        if only is not None:
+            step = backbone.step
+            if isinstance(step, tuple):  # one denoising step per batch row
+                if len(step) != h.shape[0]:
+                    raise ValueError(f"backbone.step has {len(step)} per-row steps for a batch of {h.shape[0]} rows")
+                rows = [i for i, k in enumerate(step) if k in only]
+                if not rows:
+                    return None
+                if len(rows) < len(step):
+                    idx = torch.as_tensor(rows, device=h.device)
+                    d = delta(h[idx])
+                    if d is None:
+                        return None
+                    out = h.clone()
+                    out[idx] = h[idx] + d.to(h.dtype)
+                    return out
+            elif step not in only:
+                return None
         d = delta(h)
         return None if d is None else h + d.to(h.dtype)
 
@@ -184,11 +208,12 @@ class EditMemory:
     ``U``, ``D``: [|F|, H] subject keys and target deltas (kept in float64 on U's device);
     ``keys``: one str/int id per row (default 0..|F|-1; `build` uses fact ids). ``alpha`` and
     ``q`` may be changed later (no refactorisation); ``lam`` is fixed by the factorisation.
-    ``timings`` holds ``solve_s`` (and ``capture_s`` after `build`).
+    ``timings`` holds ``solve_s`` (and ``capture_s`` after `build`). ``frame``: a
+    `timerome.keyframe.KeyFrame` the keys and residuals are mapped by (module docstring; None: the paper's).
     """
 
     def __init__(self, U, D, *, lam, alpha, q, keys=None, layer=None, module="resid", backbone_id=None,
-                 target=None, gram: str = "auto"):
+                 target=None, gram: str = "auto", frame=None):
         U, D = _finite_matrix(U, "U"), _finite_matrix(D, "D")
         if U.shape != D.shape:
             raise ValueError(f"U {tuple(U.shape)} and D {tuple(D.shape)} must have the same shape [n_facts, hidden]")
@@ -199,10 +224,19 @@ class EditMemory:
             raise ValueError("U and D have hidden size 0")
         # U, D are the memory's own copies (`_finite_matrix`): `remove` shifts their rows in place
         self._setup(U, D.to(U.device), keys, lam=lam, alpha=alpha, q=q, layer=layer, module=module,
-                    backbone_id=backbone_id, target=target, gram=gram)
+                    backbone_id=backbone_id, target=target, gram=gram, frame=frame)
 
-    def _setup(self, U, D, keys, *, lam, alpha, q, layer, module, backbone_id, target, gram="auto"):
+    def _setup(self, U, D, keys, *, lam, alpha, q, layer, module, backbone_id, target, gram="auto", frame=None):
         self._lam = _positive(lam, "lam")
+        if frame is not None:
+            from .keyframe import KeyFrame
+
+            if not isinstance(frame, KeyFrame):
+                raise TypeError(f"frame must be a timerome.keyframe.KeyFrame or None, not {type(frame).__name__}")
+            if frame.hidden_size != U.shape[1]:
+                raise ValueError(f"the key frame has hidden size {frame.hidden_size}, the keys {U.shape[1]}")
+            frame = frame.to(U.device)
+        self.frame = frame
         self.key_scale = self.lam_relative = None  # mean |u|^2 and lam / it: known after `build`
         if gram not in GRAM_FORMS:
             raise ValueError(f"gram={gram!r}; expected one of {GRAM_FORMS}")
@@ -221,7 +255,8 @@ class EditMemory:
         self.layer, self.module, self.backbone_id, self.target = layer, module, backbone_id, target
         self.skipped: list = []
         t0 = time.perf_counter()
-        self._factor = RidgeFactor(U, self._lam, gram)  # Eq. 11: L and W = G U
+        self._raw = None if frame is None else RowBuffer(U)  # with a frame: the captured keys, as given
+        self._factor = RidgeFactor(U if frame is None else frame.apply(U), self._lam, gram)  # Eq. 11: L and W = G U
         self._D = RowBuffer(D)  # D's rows, indexed like the factor's U and W
         sync(U.device)
         self.timings = {"solve_s": time.perf_counter() - t0}
@@ -236,7 +271,7 @@ class EditMemory:
         z = torch.zeros(0, hidden_size, dtype=torch.float64, device=device)
         mem._setup(z, z.clone(), [], lam=lam, alpha=alpha, q=q, layer=meta.get("layer"),
                    module=meta.get("module", "resid"), backbone_id=meta.get("backbone_id"), target=meta.get("target"),
-                   gram=meta.get("gram", "auto"))
+                   gram=meta.get("gram", "auto"), frame=meta.get("frame"))
         return mem
 
     # --- parameters ----------------------------------------------------------------------------
@@ -272,18 +307,21 @@ class EditMemory:
 
     def __repr__(self):
         where = f", layer={self.layer}, module={self.module!r}" if self.layer is not None else ""
+        frame = "" if self.frame is None else f", frame={self.frame.kind}"
         return (f"EditMemory(n_facts={len(self)}, hidden={self.hidden_size}, lam={self.lam:g}, "
-                f"alpha={self.alpha:g}, q={self.q}{where})")
+                f"alpha={self.alpha:g}, q={self.q}{where}{frame})")
 
     # --- the factor (Eq. 11, `timerome.ridge`: U, W, L, gram) and the deltas D -----------------
-    U = property(lambda self: self._factor.U, doc="[|F|, H] subject keys (float64), row i for ``keys[i]``")
+    U = property(lambda self: self._factor.U if self._raw is None else self._raw.view,
+                 doc="[|F|, H] subject keys (float64), row i for ``keys[i]``")
+    U_frame = property(lambda self: self._factor.U, doc="[|F|, H] the keys the ridge regression sees: φ(U) (U without a frame)")
     D = property(lambda self: self._D.view, doc="[|F|, H] target deltas (float64), row i for ``keys[i]``")
     L = property(lambda self: self._factor.L, doc="the Cholesky factor of the ridge Gram matrix (see ``gram``)")
     gram = property(lambda self: self._factor.gram, doc='the factorised Gram form, "facts" or "hidden"')
 
     @property
     def W(self) -> torch.Tensor:
-        """[|F|, H] W = (UUᵀ + λI)⁻¹U, the coefficient map c = W h."""
+        """[|F|, H] W = (UUᵀ + λI)⁻¹U, the coefficient map c = W h (with a frame: Ũ for U and c = W φ(h))."""
         return self._factor.W
 
     @W.setter
@@ -292,20 +330,25 @@ class EditMemory:
         self._cache = {}
 
     def _compiled(self, device, dtype):
-        """(W, αD, M or None) in the forward's device/dtype; M = αWᵀD is the dense H×H map."""
+        """(W, αD, M or None, b or None, bαD or None) in the forward's device/dtype: c = W h − b; M = αWᵀD is
+        the dense H×H map. b (the frame's offset, `KeyFrame.fold`) is None without a frame's mean."""
         key = (str(device), dtype)
         if key not in self._cache:
             n, H = self.U.shape
             dense = self.q == 0 or self.q >= n
-            M = (self.alpha * self.W.T @ self.D).to(device, dtype) if dense and H < 2 * n else None
-            self._cache[key] = (self.W.to(device, dtype), (self.alpha * self.D).to(device, dtype), M)
+            W, b = (self.W, None) if self.frame is None else self.frame.fold(self.W)
+            M = (self.alpha * W.T @ self.D).to(device, dtype) if dense and H < 2 * n else None
+            bD = None if b is None else (self.alpha * b @ self.D).to(device, dtype)
+            self._cache[key] = (W.to(device, dtype), (self.alpha * self.D).to(device, dtype), M,
+                                None if b is None else b.to(device, dtype), bD)
         return self._cache[key]
 
     # --- the edit ------------------------------------------------------------------------------
     def coefficients(self, h) -> torch.Tensor:
-        """c = G U h per token, [..., |F|] (before TopQ)."""
-        W, _, _ = self._compiled(h.device, torch.float64 if h.dtype == torch.float64 else torch.float32)
-        return h.to(W.dtype) @ W.T
+        """c = G U h per token, [..., |F|] (before TopQ; with a frame c = G Ũ φ(h))."""
+        W, _, _, b, _ = self._compiled(h.device, torch.float64 if h.dtype == torch.float64 else torch.float32)
+        c = h.to(W.dtype) @ W.T
+        return c if b is None else c - b
 
     def delta(self, h) -> torch.Tensor:
         """The added term α Dᵀ TopQ_q(G U h) for h of shape [..., H] (float64 in, float64 out; else float32)."""
@@ -314,11 +357,13 @@ class EditMemory:
         dt = torch.float64 if h.dtype == torch.float64 else torch.float32
         if not self.keys:
             return torch.zeros(h.shape, dtype=dt, device=h.device)
-        W, Da, M = self._compiled(h.device, dt)
+        W, Da, M, b, bD = self._compiled(h.device, dt)
         x = h.to(dt)
         if M is not None:
-            return x @ M
+            return x @ M if b is None else x @ M - bD
         c = x @ W.T
+        if b is not None:
+            c = c - b
         n = c.shape[-1]
         if 0 < self.q < n:  # TopQ: per token, keep the q largest |c|
             val, idx = self._top_q(x, c)
@@ -334,7 +379,11 @@ class EditMemory:
         """(values, indices) of the q largest |c| per token. Ranked on float64 coefficients with
         ties to the lower index (a stable sort), so float32 round-off (which varies with the BLAS
         thread count) cannot swap two nearly equal coefficients."""
-        rank = c if c.dtype == torch.float64 else x.double() @ self._compiled(x.device, torch.float64)[0].T
+        if c.dtype == torch.float64:
+            rank = c
+        else:
+            W64, _, _, b64, _ = self._compiled(x.device, torch.float64)
+            rank = x.double() @ W64.T if b64 is None else x.double() @ W64.T - b64
         idx = rank.abs().sort(dim=-1, descending=True, stable=True).indices[..., :self.q]
         return c.gather(-1, idx), idx
 
@@ -374,7 +423,11 @@ class EditMemory:
         if key in self._index:
             raise KeyError(f"fact key {key!r} is already in the memory")
         u, d = self._fact_vectors(u, d)
-        self._factor.insert(u)
+        if self.frame is None:
+            self._factor.insert(u)
+        else:
+            self._factor.insert(self.frame.apply(u))
+            self._raw.append(u)
         self._D.append(d)
         self._index[key] = len(self.keys)
         self.keys.append(key)
@@ -387,6 +440,8 @@ class EditMemory:
             raise KeyError(f"fact key {key!r} is not in the memory")
         k = self._index[key]
         self._factor.remove(k)
+        if self._raw is not None:
+            self._raw.remove(k)
         self._D.remove(k)
         del self.keys[k]
         self._index = {kk: i for i, kk in enumerate(self.keys)}
@@ -394,17 +449,21 @@ class EditMemory:
 
     # --- persistence ---------------------------------------------------------------------------
     def save(self, path) -> Path:
-        """Write ``path/memory.safetensors`` (U, D in float64) and ``path/memory.json`` (metadata)."""
+        """Write ``path/memory.safetensors`` (U, D in float64, and the frame's tensors) and ``path/memory.json``
+        (metadata)."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({"U": self.U.cpu().contiguous(), "D": self.D.cpu().contiguous()}, str(path / TENSORS_FILE))
+        tensors = {"U": self.U.cpu().contiguous(), "D": self.D.cpu().contiguous()}
+        save_file(tensors if self.frame is None else {**tensors, **self.frame.tensors()}, str(path / TENSORS_FILE))
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "layer": self.layer, "module": self.module,
                 "alpha": self.alpha, "lam": self.lam, "q": self.q, "keys": list(self.keys),
                 "backbone": self.backbone_id, "hidden_size": self.hidden_size, "n_facts": len(self),
                 "target": self.target, "gram": self.gram_choice, "skipped": list(self.skipped),
                 "timings": self.timings}
+        if self.frame is not None:  # absent without a frame: files stay as before
+            meta["frame"] = self.frame.meta()
         (path / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
         return path
 
@@ -431,8 +490,11 @@ class EditMemory:
             t = load_file(str(tensors_file))
         except Exception as e:  # safetensors raises its own error types for a truncated/garbled file
             raise ValueError(f"{tensors_file}: corrupt edit-memory tensors ({type(e).__name__}: {e})") from None
-        if set(t) != {"U", "D"}:
-            raise ValueError(f"{tensors_file}: expected tensors U and D, found {sorted(t)}")
+        frame_meta = meta.get("frame")
+        want = {"U", "D"} | ({"frame_mean", "frame_whiten"} & set(t) if frame_meta is not None else set())
+        if set(t) != want or (frame_meta is not None and want == {"U", "D"}):
+            raise ValueError(f"{tensors_file}: expected tensors U and D" + (" and the key frame's" if frame_meta else "")
+                             + f", found {sorted(t)}")
         U, D = t["U"], t["D"]
         n, H = meta["n_facts"], meta["hidden_size"]
         if not isinstance(meta["keys"], list) or len(meta["keys"]) != n:
@@ -447,6 +509,12 @@ class EditMemory:
                       module=meta["module"], backbone_id=meta["backbone"], target=meta["target"],
                       gram=meta.get("gram", "auto"))
         try:  # a bad value (lam: "abc", module: "x", ...) is the file's fault: say which file
+            if frame_meta is not None:
+                from .keyframe import KeyFrame
+
+                if not isinstance(frame_meta, dict):
+                    raise ValueError(f"field 'frame' must be a mapping, got {frame_meta!r}")
+                common["frame"] = KeyFrame.from_saved(t, frame_meta)
             mem = cls.empty(H, **common) if n == 0 else cls(U, D, keys=meta["keys"], **common)
         except (ValueError, TypeError, KeyError) as e:
             raise ValueError(f"{meta_file}: {e}") from e
@@ -457,12 +525,14 @@ class EditMemory:
     @classmethod
     def build(cls, backbone, facts, layer: int, *, module: str = "resid", target: str = DEFAULT_TARGET,
               lam=None, lam_relative=None, alpha, q, batch_size: int = 32,
-              skip_unlocatable: bool = False) -> "EditMemory":
+              skip_unlocatable: bool = False, frame=None) -> "EditMemory":
         """Capture (Eq. 6-9) then factorise (Eq. 11). ``timings``: capture_s and solve_s.
 
         Exactly one of ``lam`` (absolute) or ``lam_relative``: λ = lam_relative × ``key_scale``, the
         mean squared key norm ‖u‖² of the captured facts (λ competes with UUᵀ, whose scale differs
-        between layers and backbones). Sets ``lam``, ``lam_relative`` (λ / key_scale) and ``key_scale``.
+        between layers and backbones; with a ``frame``, of the mapped keys φ(u)). Sets ``lam``,
+        ``lam_relative`` (λ / key_scale) and ``key_scale``. ``target``: one string, or one per fact
+        (`capture.capture_keys`).
         """
         if (lam is None) == (lam_relative is None):
             raise ValueError(f"pass exactly one of lam= (absolute) or lam_relative= (x mean |u|^2); "
@@ -471,13 +541,14 @@ class EditMemory:
         _finite(alpha, "alpha"), _q(q)  # fail before the capture, not after
         k = capture_keys(backbone, facts, layer, module=module, target=target, batch_size=batch_size,
                          skip_unlocatable=skip_unlocatable)
-        key_scale = float(k["U"].pow(2).sum(1).mean())
+        key_scale = float((k["U"] if frame is None else frame.apply(k["U"])).pow(2).sum(1).mean())
         if lam is None:
             if not key_scale > 0:
                 raise ValueError("lam_relative needs a nonzero key scale, but every captured key is zero")
             lam = lam_relative * key_scale
         mem = cls(k["U"], k["D"], lam=lam, alpha=alpha, q=q, keys=k["fact_ids"], layer=layer, module=module,
-                  backbone_id=backbone.name or None, target=target)
+                  backbone_id=backbone.name or None, target=target if isinstance(target, str) else list(target),
+                  frame=frame)
         mem.key_scale = key_scale
         mem.lam_relative = (float(lam_relative) if lam_relative is not None
                             else mem.lam / key_scale if key_scale > 0 else float("nan"))

@@ -4,7 +4,8 @@ Paper 002 §III-B, Algorithm 1 stage 2. The coordinate is the argmax over (ℓ, 
 mean_{F_v} |TIE| − β mean_N |TIE|: the mean absolute TIE over the validation facts F_v, less β
 times that over a neighbour set N (β = 0: no neighbour set is needed). The paper's downstream
 choice restricts Eq. 5 to m = resid and edits at every step (k* = −1), at the layer whose best step
-scores highest.
+scores highest. `band_steps` reads the *TIE band*'s steps off a ranking (the steps of the cells of one
+module whose objective reaches a fraction of that module's maximum), for the steps ablation.
 
 Ties. Objectives within `TIE_RESOLUTION` nats are ties (batched forwards differ by float round-off
 far below it), broken in index order (module, then layer, then step), so the ranking is the same
@@ -19,7 +20,7 @@ import numpy as np
 
 from .tie_results import TIEResult
 
-__all__ = ["TIE_RESOLUTION", "Coordinate", "Selection", "select_coordinate"]
+__all__ = ["TIE_RESOLUTION", "Coordinate", "Selection", "select_coordinate", "band_steps"]
 
 TIE_RESOLUTION = 1e-4  # nats: Eq. 5 objectives closer than this are ties (float round-off, not effects)
 
@@ -80,3 +81,29 @@ def select_coordinate(result: TIEResult, neighbours=None, beta: float = 0.0) -> 
         per_fact.append({"fact_id": fid, "module": result.modules[m], "layer": int(l), "step": int(k),
                          "tie": float(t[m, l, k])})
     return Selection(ranking[0], ranking, paper, objective, per_fact, float(beta))
+
+
+def band_steps(ranking, module: str = "resid", fraction: float = 0.5) -> tuple[int, ...]:
+    """The denoising steps of the TIE band: sorted steps k of the cells (ℓ, k) of ``module`` whose
+    Eq. 5 objective is at least ``fraction`` × that module's largest (the band `01_tie_heatmaps`
+    reports). ``ranking``: a frame with columns module, layer, step and ``objective`` (or ``score``,
+    as `Selection.frame`), e.g. ``tables/tie_layer_ranking.csv``."""
+    import pandas as pd
+
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction!r} must lie in (0, 1]")
+    if not isinstance(ranking, pd.DataFrame):
+        raise TypeError(f"ranking must be a pandas DataFrame, not {type(ranking).__name__}")
+    col = "objective" if "objective" in ranking else "score"
+    missing = [c for c in ("module", "layer", "step", col) if c not in ranking]
+    if missing:
+        raise ValueError(f"band_steps: the ranking lacks column(s) {missing}")
+    cells = ranking[ranking["module"] == module]
+    if cells.empty:
+        raise ValueError(f"band_steps: no {module!r} cells in the ranking (modules: {sorted(set(ranking['module']))})")
+    if (cells["step"] < 0).any():
+        raise ValueError("band_steps: the ranking has step -1 rows (a downstream choice), not traced cells")
+    top = float(cells[col].max())
+    if not top > 0:
+        raise ValueError(f"band_steps: the largest {module} objective is {top:g}; no band")
+    return tuple(sorted({int(k) for k in cells.loc[cells[col] >= fraction * top, "step"]}))

@@ -8,7 +8,9 @@ the validation forget facts (``d_forget_val``) and of the validation retain fact
 (``d_retain_val``) when the memory of the validation forget facts (α, q fixed) is installed,
 against the unedited backbone. `choose_lambda` is the rule, a pure function of that frame: the
 largest ForgetLP drop among candidates whose RetainLP drop is at most ``retain_budget`` nats;
-if none is, the smallest RetainLP drop. `tune_lambda` does both at one coordinate.
+if none is, the smallest RetainLP drop. `tune_lambda` does both at one coordinate. ``frame``: the
+memory's `timerome.keyframe.KeyFrame` (centring / whitening extension); λ is then relative to the
+mean ‖φ(u)‖² of the mapped keys.
 """
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ def validation_lp(backbone, forget_val, retain_val, *, edit=None, seeds=(0,), n_
 
 def lambda_sweep(backbone, forget_val, retain_val, layer: int, *, module: str = "resid", target: str | None = None,
                  lam_grid, seeds=(0,), n_mc: int = 4, batch_size: int = 32, alpha: float = 1.0, q: int = 2,
-                 base: pd.Series | None = None) -> pd.DataFrame:
+                 base: pd.Series | None = None, frame=None) -> pd.DataFrame:
     """One row per lam_relative in ``lam_grid``: layer, alpha, q, lam_relative, lam, key_scale, d_forget_val,
     d_retain_val, forget_over_retain (d_forget_val / d_retain_val). The keys of ``forget_val`` are
     captured once; ``base`` (a `validation_lp` of the unedited backbone) may be passed to reuse it."""
@@ -82,10 +84,11 @@ def lambda_sweep(backbone, forget_val, retain_val, layer: int, *, module: str = 
         base = validation_lp(backbone, forget_val, retain_val, **kw)
     keys = capture_keys(backbone, forget_val, layer, module=module, target=target or DEFAULT_TARGET,
                         batch_size=batch_size)
-    scale = float(keys["U"].pow(2).sum(1).mean())
+    scale = float((keys["U"] if frame is None else frame.apply(keys["U"])).pow(2).sum(1).mean())
     rows = []
     for rel in grid:
-        mem = EditMemory(keys["U"], keys["D"], lam=rel * scale, alpha=alpha, q=q, layer=layer, module=module)
+        mem = EditMemory(keys["U"], keys["D"], lam=rel * scale, alpha=alpha, q=q, layer=layer, module=module,
+                         frame=frame)
         lp = validation_lp(backbone, forget_val, retain_val, edit=lambda: mem.installed(backbone), **kw)
         d_f, d_r = float(lp.forget_val - base.forget_val), float(lp.retain_val - base.retain_val)
         rows.append({"layer": layer, "alpha": alpha, "q": q, "lam_relative": float(rel), "lam": rel * scale, "key_scale": scale,
@@ -96,11 +99,11 @@ def lambda_sweep(backbone, forget_val, retain_val, layer: int, *, module: str = 
 
 def tune_lambda(backbone, forget_val, retain_val, layer: int, *, module: str = "resid", target: str | None = None,
                 lam_grid, retain_budget: float, seeds=(0,), n_mc: int = 4, batch_size: int = 32,
-                alpha: float = 1.0, q: int = 2) -> LambdaChoice:
+                alpha: float = 1.0, q: int = 2, frame=None) -> LambdaChoice:
     """`lambda_sweep` at one coordinate, then `choose_lambda`."""
     choose_lambda(pd.DataFrame({c: [0.0] for c in SWEEP_COLUMNS}), retain_budget)  # a bad budget fails first
     sweep = lambda_sweep(backbone, forget_val, retain_val, layer, module=module, target=target, lam_grid=lam_grid,
-                         seeds=seeds, n_mc=n_mc, batch_size=batch_size, alpha=alpha, q=q)
+                         seeds=seeds, n_mc=n_mc, batch_size=batch_size, alpha=alpha, q=q, frame=frame)
     row = choose_lambda(sweep, retain_budget)
     return LambdaChoice(lam=float(row.lam), lam_relative=float(row.lam_relative), key_scale=float(row.key_scale),
                         sweep=sweep, rule=rule_text(retain_budget, alpha, q))
