@@ -51,6 +51,35 @@ def paper_tables(d):
                  mean_abs_tie=(3.0 if m == "resid" else 1.0) * math.exp(-((layer - 19) / 6) ** 2 - (step - 1.5) ** 2))
             for m in ("resid", "attn", "mlp") for layer in range(32) for step in range(8)]
     pd.DataFrame(rows).to_csv(d / "tie_layer_ranking.csv", index=False)
+    table4(d)
+
+
+def table4(d, unavailable=()):
+    """Table IV in 05_transfer's layout (one row per bench, task and method); §VI's RWKU drops (~25
+    nats each) as the Δ columns. Tasks in ``unavailable`` carry the status and no number."""
+    ours = dict(method="timerome", alpha=2.0, q=4)
+    rows = [dict(bench="muse_books", task="knowmem", method="no_edit", lp=-14.06),
+            dict(bench="muse_books", task="knowmem", method="timerome", alpha=1.0, q=2, lp=-16.46),
+            dict(bench="muse_books", task="knowmem", **ours, lp=-23.68),
+            dict(bench="muse_books", task="verbmem", method="no_edit", lp=-242.86),
+            dict(bench="muse_books", task="verbmem", **ours, lp=-372.26),
+            dict(bench="muse_news", task="knowmem", method="no_edit", lp=-17.35),
+            dict(bench="muse_news", task="knowmem", **ours, lp=-25.36),
+            dict(bench="muse_news", task="verbmem", method="no_edit", lp=-190.07),
+            dict(bench="muse_news", task="verbmem", **ours, lp=-311.65),
+            dict(bench="rwku", task="level1", method="no_edit", d_lp=0.0, d_control_lp=0.0),
+            dict(bench="rwku", task="level1", **ours, d_lp=-25.0, d_control_lp=-25.0),
+            dict(bench="whp", task="completion", method="no_edit", lp=-2.18),
+            dict(bench="whp", task="completion", **ours, lp=-11.32),
+            dict(bench="wmdp_bio", task="mcq", method="no_edit", acc=0.65),
+            dict(bench="wmdp_bio", task="mcq", method="adaptive_rmu", acc=0.41),
+            dict(bench="wmdp_bio", task="mcq", **ours, acc=0.36)]
+    t4 = pd.DataFrame(rows, columns=["bench", "task", "method", "alpha", "q", "status", "lp", "d_lp", "d_control_lp", "acc"])
+    t4["status"] = "ok"
+    gone = t4.bench.str.cat(t4.task, sep="/").isin(unavailable)
+    t4.loc[gone, "status"] = "data not available"
+    t4.loc[gone, ["lp", "d_lp", "d_control_lp", "acc"]] = NAN
+    t4.to_csv(d / "table4_transfer.csv", index=False)
 
 
 @pytest.fixture
@@ -79,7 +108,7 @@ def test_the_papers_own_numbers_hold(tmp_path):
     no_paper_value = {e["id"] for e in claims.load_spec() if e["paper"] is None}  # e.g. CIs the paper never reports
     measured_here = [i for i in df.index if df.loc[i, "tables"] in
                      ("table1_canonical_tofu.csv", "table3_scalability.csv", "table3_install_times.csv", "table5_streaming.csv",
-                      "tie_layer_ranking.csv") and i not in no_paper_value]
+                      "tie_layer_ranking.csv", "table4_transfer.csv") and i not in no_paper_value]
     assert len(measured_here) >= 20 and {"t1_selectivity_ci", "t1_tie_beats_random_ci"} <= no_paper_value
     assert df.loc[measured_here, "verdict"].eq(claims.HOLDS).all(), df.loc[measured_here, ["measured", "note"]]
     assert df.loc["t1_dflp", "measured"] == pytest.approx(-83.24)
@@ -95,6 +124,25 @@ def test_the_papers_own_numbers_hold(tmp_path):
     assert df.loc["t1_tie_beats_random", "measured"] == pytest.approx(83.24 / 54.32)  # random_layer forgets nothing
     assert df.loc["t5_realauth_flat_relative", "measured"] == pytest.approx((13.67 - 12.11) / 12.6)
     assert df.loc["t2_every_backbone", "verdict"] == claims.NOT_MEASURED
+    assert df.loc["t4_books_verbmem", "measured"] == pytest.approx(-372.26 + 242.86)
+    assert df.loc["t4_wmdp", "measured"] == pytest.approx(0.36 - 0.65)
+    assert df.loc["t4_rwku_inseparable", "measured"] == pytest.approx(1.0)
+
+
+def test_a_row_without_its_data_reads_data_not_available(tmp_path):
+    paper_tables(tmp_path)
+    table4(tmp_path, unavailable=("muse_books/verbmem", "whp/completion", "wmdp_bio/mcq"))
+    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path).set_index("id")
+    for cid in ("t4_books_verbmem", "t4_books_verbmem_relative", "t4_whp", "t4_whp_relative", "t4_wmdp"):
+        assert df.loc[cid, "verdict"] == claims.UNAVAILABLE, cid
+        assert math.isnan(df.loc[cid, "measured"])
+        assert "status 'data not available'" in df.loc[cid, "note"], df.loc[cid, "note"]
+    assert df.loc["t4_news_verbmem_relative", "verdict"] == claims.HOLDS  # its rows have their data
+    assert df.loc["t4_news_verbmem", "verdict"] == claims.RAW
+    t4 = pd.read_csv(tmp_path / "table4_transfer.csv")
+    t4.drop(columns="status").to_csv(tmp_path / "table4_transfer.csv", index=False)  # no status column: NaN
+    df = claims.ledger(tables_dir=tmp_path, notebooks_dir=tmp_path).set_index("id")
+    assert df.loc["t4_wmdp", "verdict"] == claims.NOT_MEASURED
 
 
 def test_contradicting_numbers_do_not_hold(tmp_path):
@@ -388,6 +436,7 @@ def test_the_cell_is_named_by_the_heading_above_the_cell_that_writes_the_table(t
 def test_the_summary_counts_every_verdict_and_out_dir_keeps_the_tables_dir(tmp_path, capsys):
     paper_tables(tmp_path)
     _tiny_streaming(tmp_path, -0.0127)
+    table4(tmp_path, unavailable=("wmdp_bio/mcq",))
     out = tmp_path / "scratch"
     claims.main(["--tables-dir", str(tmp_path), "--out-dir", str(out)])
     assert not (tmp_path / "claims.md").exists() and (out / "claims.csv").exists()

@@ -43,13 +43,15 @@ Raw nats of the paper's 8B model do not compare with another backbone's, so an e
 name a twin entry (in no raw unit) that reads the claim scale-free, e.g. relative to no_edit.
 ``why`` is words only: the numbers in the generated reason come from the table.
 
-Verdict, first that applies: ``not measured yet`` when a table, column or row is missing (the
-reason is in the ``note``; never an error); ``not informative here`` when the ``saturated``
-baseline passes ``when`` (the note names its measured value); ``not comparable here`` for an
-entry with a ``scale_free_twin`` (the note gives the twin's verdict) unless the tables come from
-the paper's backbone (``--paper-backbone``, the default for ``--profile paper``); else ``holds``
-when every rule given holds, ``does not hold`` otherwise. A broken spec entry (unknown key,
-operator, aggregation or twin) is an error naming the entry.
+Verdict, first that applies: ``data not available`` when a row the claim reads has the status
+"data not available" in a ``status`` column (the notebook ran, but the benchmark's data files are
+not under the data root: the row carries the status, never a number); ``not measured yet`` when
+a table, column or row is missing (the reason is in the ``note``; never an error); ``not
+informative here`` when the ``saturated`` baseline passes ``when`` (the note names its measured
+value); ``not comparable here`` for an entry with a ``scale_free_twin`` (the note gives the twin's
+verdict) unless the tables come from the paper's backbone (``--paper-backbone``, the default for
+``--profile paper``); else ``holds`` when every rule given holds, ``does not hold`` otherwise. A
+broken spec entry (unknown key, operator, aggregation or twin) is an error naming the entry.
 
 The *notebook cell* column names the notebook (any file in the notebooks folder) whose code cell
 writes the table and the heading of the section that cell sits in, so renumbering notebooks or
@@ -79,8 +81,8 @@ from timerome.report import atomic_write
 REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "params" / "claims.yaml"
 HOLDS, FAILS, NOT_MEASURED = "holds", "does not hold", "not measured yet"
-SATURATED, RAW = "not informative here", "not comparable here"
-VERDICTS = (HOLDS, FAILS, SATURATED, RAW, NOT_MEASURED)
+SATURATED, RAW, UNAVAILABLE = "not informative here", "not comparable here", "data not available"
+VERDICTS = (HOLDS, FAILS, SATURATED, RAW, UNAVAILABLE, NOT_MEASURED)
 RAW_UNIT = re.compile(r"\bnats\b")  # units whose size depends on the backbone
 AGGS = ("one", "max", "min", "mean", "median", "sum", "count", "range", "first", "last", "argmax", "argmin",
         "spearman")
@@ -95,6 +97,10 @@ WRITERS = {"save_table", "atomic_write", "to_csv", "to_json", "write_text", "dum
 
 class NotMeasured(Exception):
     """The table, a column or a row this claim needs is not there (yet)."""
+
+
+class DataUnavailable(NotMeasured):
+    """A row this claim reads has status "data not available": its benchmark's data is absent."""
 
 
 # --- the spec ----------------------------------------------------------------------------------
@@ -261,6 +267,11 @@ def operand_value(op: dict, tables_dir: Path, default_csv: str | None = None) ->
         df = df[_matches(df[_norm(col)], cond)]
     if df.empty:
         raise NotMeasured(f"no row of {name} where {_fmt_where(op.get('where'))}")
+    if "status" in df.columns:
+        absent = df["status"].astype(str).str.strip().str.lower().eq(UNAVAILABLE)
+        if absent.any():
+            raise DataUnavailable(f"{name} where {_fmt_where(op.get('where'))}: status {UNAVAILABLE!r} "
+                                  f"(the benchmark's data files are not under the data root)")
     column = _norm_expr(op["column"])
     try:
         values = pd.to_numeric(df[column] if column in df.columns else df.eval(column), errors="coerce")
@@ -469,6 +480,8 @@ def ledger(spec=SPEC, tables_dir=REPO / "tables", notebooks_dir=REPO / "notebook
             saturated = saturation(e, Path(tables_dir))
         except NotMeasured as why:
             notes.insert(0, str(why))
+            if isinstance(why, DataUnavailable):
+                row["verdict"] = UNAVAILABLE
         else:
             checks = {k: judge(value, e[k], e["paper"]) for k in ("direction", "magnitude") if e.get(k)}
             row.update(measured=value, verdict=HOLDS if all(checks.values()) else FAILS,
@@ -502,8 +515,9 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
              "(the rules are in `claims.csv` and the spec). *not comparable here*: a claim in raw units (nats) of "
              "the paper's backbone, read here on another one; its scale-free twin carries the verdict. *not "
              "informative here*: the column is saturated on this backbone (the reason, from the measured baseline, "
-             "is in the notes). *notebook cell*: the notebook whose code cell writes the table, and the heading of "
-             "the section holding that cell.", "",
+             "is in the notes). *data not available*: the notebook ran, but the benchmark's data files are not "
+             "under the data root, so its table row carries that status instead of a number. *notebook cell*: the "
+             "notebook whose code cell writes the table, and the heading of the section holding that cell.", "",
              "| id | claim (paper source) | paper | measured | direction | magnitude | verdict | notebook cell |",
              "|---|---|---|---|---|---|---|---|"]
     cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
