@@ -67,8 +67,8 @@ def table4(d, unavailable=()):
             dict(bench="muse_news", task="knowmem", **ours, lp=-25.36),
             dict(bench="muse_news", task="verbmem", method="no_edit", lp=-190.07),
             dict(bench="muse_news", task="verbmem", **ours, lp=-311.65),
-            dict(bench="rwku", task="level1", method="no_edit", d_lp=0.0, d_control_lp=0.0),
-            dict(bench="rwku", task="level1", **ours, d_lp=-25.0, d_control_lp=-25.0),
+            dict(bench="rwku", task="level1", method="no_edit", lp=-30.0, d_lp=0.0, d_control_lp=0.0),  # lp: a fixture
+            dict(bench="rwku", task="level1", **ours, lp=-55.0, d_lp=-25.0, d_control_lp=-25.0),  # value, not the paper's
             dict(bench="whp", task="completion", method="no_edit", lp=-2.18),
             dict(bench="whp", task="completion", **ours, lp=-11.32),
             dict(bench="wmdp_bio", task="mcq", method="no_edit", acc=0.65),

@@ -148,6 +148,9 @@ def test_export_mismatches_compares_numbers_with_a_tolerance():
     assert report.export_mismatches("method,x,n\na,1.01,3\nb,2.5,4\n", csv, "csv") == ["column x row 0: 1.01 != 1.0"]
     assert report.export_mismatches("method,x,n\nc,1.0,3\nb,2.5,4\n", csv, "csv") == ["column method: text changed"]
     assert "shape" in report.export_mismatches("method,x\na,1.0\n", csv, "csv")[0]
+    flags = "method,collapsed\na,True\nb,False\n"  # a flag column is compared exactly, never subtracted
+    assert report.export_mismatches(flags, flags, "csv") == []
+    assert report.export_mismatches("method,collapsed\na,True\nb,True\n", flags, "csv") == ["column collapsed: text changed"]
     js = '{"layer": 0, "score": 27.654, "facts": ["a"]}'
     assert report.export_mismatches('{"layer": 0, "score": 27.65401, "facts": ["a"]}', js, "json") == []
     assert report.export_mismatches('{"layer": 1, "score": 27.654, "facts": ["a"]}', js, "json") == ["$.layer: 1 != 0"]

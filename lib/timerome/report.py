@@ -222,7 +222,8 @@ def export_mismatches(now: str, then: str, kind: str, *, rtol: float = 1e-4, ato
         return [f"columns or shape changed: {list(a.columns)} {a.shape} vs {list(b.columns)} {b.shape}"]
     for c in a.columns:
         x, y = a[c], b[c]
-        if pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y):
+        numeric = [pd.api.types.is_numeric_dtype(v) and not pd.api.types.is_bool_dtype(v) for v in (x, y)]
+        if all(numeric):  # flags (bool columns) fall through to the exact text comparison
             bad = ~((x - y).abs() <= atol + rtol * y.abs()) & ~(x.isna() & y.isna())
             out += [f"column {c} row {i}: {x[i]} != {y[i]}" for i in a.index[bad]]
         elif x.fillna("").astype(str).tolist() != y.fillna("").astype(str).tolist():
