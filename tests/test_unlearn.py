@@ -135,8 +135,8 @@ def test_hparams_are_validated():
     hp = U.UnlearnHParams("simnpo")
     assert (hp.forget_beta, hp.forget_weight) == (4.5, 0.125)
     assert (U.UnlearnHParams("npo").forget_beta, U.UnlearnHParams("npo").forget_weight) == (0.1, 1.0)
-    un = U.UnlearnHParams("npo").unmitigated()
-    assert (un.clip, un.drift_stop, un.retain_weight) == (None, None, 0.0)
+    un = U.UnlearnHParams("npo", retain_weight=4.0).unmitigated()
+    assert (un.clip, un.drift_stop, un.retain_weight, un.lr) == (None, None, 1.0, 1e-3)  # the recipe's own retain term
 
 
 def test_adapters_disabled_is_the_frozen_model(bb, forget):
