@@ -371,3 +371,67 @@ def test_attacks_build_the_right_prompts(bb):
         robustness.attack([f], "relearn", template="{question}")
     # the scored prompt is the attacked question under the backbone's template
     assert bb.prompt(r.question) == bb.prompt_template.format(question=r.question)
+
+
+# ================================================================================== effect table
+def test_effect_table_scores_each_distinct_edit_once_and_repeats_the_reference(bb):
+    split = {"forget": FACTS[:2], "retain": FACTS[2:]}
+    kw = dict(seeds=[0, 1], n_mc=2, rouge=False, with_truth_ratio=False, batch_size=8)
+    calls = []
+
+    def score(edit=None):
+        calls.append(edit)
+        return evaluate(bb, split, edit=edit, **kw)
+
+    base = score()
+    ref = EditMemory.build(bb, FACTS[:2], LAYER, lam=1.0, alpha=3.0, q=0)
+    other = EditMemory.build(bb, FACTS[:2], 0, lam=1.0, alpha=3.0, q=0)
+    V = ablations.Variant
+    variants = [V("site", "resid", [ref], reference=True), V("steps", "all_steps", [ref], reference=True),
+                V("steps", "early_only", [ref], steps=[1, 1]), V("coord", "other", [other]),
+                V("ext", "both", [ref, other], extension=True)]
+    table = ablations.effect_table(bb, variants, score, base, n_boot=100)
+    assert len(calls) == 1 + 4  # base, then ref, ref at step 1, other, both: the repeated reference is scored once
+    assert list(table.variant) == ["resid", "all_steps", "early_only", "other", "both"]
+    by = table.set_index("variant")
+    assert by.loc["resid", "d_forget_lp"] == by.loc["all_steps", "d_forget_lp"]
+    direct = ablations.effect(evaluate(bb, split, edit=lambda: ablations.installed_all(bb, [ref, other]), **kw), base,
+                              n_boot=100)
+    assert by.loc["both", "d_forget_lp"] == pytest.approx(direct["d_forget_lp"])
+    assert (by.loc["both", "layer"], by.loc["resid", "layer"], by.loc["early_only", "steps"]) == (f"{LAYER}-0", LAYER, "1")
+    assert by.loc["both", "n_facts"] == len(ref) + len(other) and bool(by.loc["both", "extension"])
+    # no edit reaches the model at step 1 without the step clock: the restricted edit changes nothing
+    assert by.loc["early_only", "d_forget_lp"] == 0.0
+    with pytest.raises(ValueError, match="appears twice"):
+        ablations.effect_table(bb, [V("a", "x", [ref]), V("a", "x", [other])], score, base)
+    with pytest.raises(ValueError, match="no memory"):
+        V("a", "x", [])
+
+
+# ================================================================================ attack table
+def test_attack_table_shift_is_the_per_fact_change_of_the_edits_effect(bb):
+    facts = [dataclasses.replace(tofu_fact(i), question=q, answer=a, subject_span=(q.index("Ann Lee"), q.index("Ann Lee") + 7))
+             for i, (q, a) in enumerate([("Where was Ann Lee born?", "Ann Lee was born in Oslo."),
+                                         ("What did Ann Lee write?", "Ann Lee wrote poems.")])]
+    mem = EditMemory.build(bb, facts, LAYER, lam=1.0, alpha=3.0, q=0)
+    kw = dict(seeds=[0, 1], n_mc=2, rouge=False, with_truth_ratio=False, batch_size=8)
+    score = lambda fs, edit: evaluate(bb, {"forget01": fs}, edit=edit, **kw)  # noqa: E731
+    rob = robustness.attack_table(facts, score, lambda: mem.installed(bb), n_boot=100).set_index("attack")
+    assert list(rob.index) == list(robustness.ATTACKS)
+    deltas = {}
+    for a in robustness.ATTACKS:  # brute force: score each attack by hand
+        fs = robustness.attack(facts, a)
+        e, b = score(fs, lambda: mem.installed(bb)), score(fs, None)
+        deltas[a] = (e.groupby("fact_id").logprob.mean() - b.groupby("fact_id").logprob.mean()).to_numpy()
+        assert rob.loc[a, "base_forget_lp"] == pytest.approx(b.logprob.mean())
+        assert rob.loc[a, "d_forget_lp"] == pytest.approx(deltas[a].mean())
+    for a in robustness.ATTACKS:
+        assert rob.loc[a, "shift"] == pytest.approx((deltas[a] - deltas["none"]).mean())
+        assert rob.loc[a, "shift_lo"] <= rob.loc[a, "shift"] <= rob.loc[a, "shift_hi"]
+    assert rob.loc["none", "shift"] == 0.0 and rob.loc["none", "base_ratio"] == 1.0
+    for a in robustness.ATTACKS:  # informative: the unedited model still knows the attacked answers
+        ratio = rob.loc[a, "base_forget_lp"] / rob.loc["none", "base_forget_lp"]
+        assert rob.loc[a, "base_ratio"] == pytest.approx(ratio)
+        assert rob.loc[a, "informative"] == (ratio <= robustness.KNOWN_RATIO)
+    with pytest.raises(ValueError, match="must start with 'none'"):
+        robustness.attack_table(facts, score, lambda: mem.installed(bb), attacks=["relearn"])

@@ -15,11 +15,15 @@ TopQ (``q``), the target (``target``, one string or one per fact), the coordinat
 * `effect`: one row of an ablation table, an edit's evaluation frame against the unedited one:
   per role the mean log-probability, the change Δ (mean over facts of the per-fact change averaged
   over seeds, with a percentile-bootstrap CI over facts), the paired t-test over seeds, and the
-  selectivity ΔForgetLP / ΔRetainLP with its bootstrap CI (`stats.selectivity_ci`).
+  selectivity ΔForgetLP / ΔRetainLP with its bootstrap CI (`stats.selectivity_ci`);
+* `Variant` / `effect_table`: the rows of Fig. 5's design-space panel, each a named set of memories
+  and the steps they act at, scored once per distinct edit (a panel's reference row repeats the
+  same edit, so it is scored once and shows the same numbers in every panel).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 from collections import defaultdict
@@ -28,7 +32,8 @@ import numpy as np
 
 from .rng import stable_seed
 
-__all__ = ["other_author_targets", "per_fact_layers", "per_fact_memories", "installed_all", "effect"]
+__all__ = ["other_author_targets", "per_fact_layers", "per_fact_memories", "installed_all", "effect", "Variant",
+           "effect_table"]
 
 
 def other_author_targets(facts, pool, *, seed: int = 0) -> list[str]:
@@ -108,3 +113,60 @@ def effect(frame, base, *, n_boot: int = 2000, seed: int = 0, roles=("forget", "
         out["selectivity"], out["selectivity_lo"], out["selectivity_hi"] = stats.selectivity_ci(
             deltas["forget"], deltas["retain"], n_resamples=n_boot, seed=seed)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One ablation row: ``panel`` (site, steps, coordinate, ...), ``name`` (the row's label, the
+    ledger's ``variant``), the memories installed together, and the denoising steps they act at
+    (None: every step). ``reference``: the panel's unablated edit; ``extension``: beyond the paper."""
+    panel: str
+    name: str
+    memories: tuple
+    steps: tuple | None = None
+    reference: bool = False
+    extension: bool = False
+    note: str = ""
+
+    def __post_init__(self):
+        if not self.memories:
+            raise ValueError(f"Variant {self.panel}/{self.name}: no memory to install")
+        object.__setattr__(self, "memories", tuple(self.memories))
+        if self.steps is not None:
+            object.__setattr__(self, "steps", tuple(sorted(set(int(k) for k in self.steps))))
+
+    @property
+    def edit_key(self) -> tuple:
+        """Two variants with one key install the same edit."""
+        return tuple(id(m) for m in self.memories), self.steps
+
+    def installed(self, backbone):
+        return installed_all(backbone, self.memories, self.steps)
+
+    def describe(self) -> dict:
+        ms = self.memories
+        one = lambda vals: vals[0] if len(set(vals)) == 1 else "-".join(map(str, vals))  # noqa: E731
+        return {"panel": self.panel, "variant": self.name, "reference": self.reference, "extension": self.extension,
+                "layer": one([m.layer for m in ms]), "module": one([m.module for m in ms]),
+                "steps": "all" if self.steps is None else "-".join(map(str, self.steps)),
+                "alpha": one([m.alpha for m in ms]), "q": one([m.q for m in ms]),
+                "lam_relative": one([m.lam_relative for m in ms]), "n_facts": sum(len(m) for m in ms),
+                "frame": one([m.frame.kind if m.frame is not None else "none" for m in ms]),
+                "note": self.note}
+
+
+def effect_table(backbone, variants, score, base, **effect_kw):
+    """One row per variant: `Variant.describe` and `effect` of ``score(edit)`` (a callable taking an
+    ``edit`` context factory and returning a `metrics.evaluate` frame) against ``base``; each
+    distinct edit is scored once. Variant names must be unique within a panel."""
+    import pandas as pd
+
+    seen, cache, rows = set(), {}, []
+    for v in variants:
+        if (v.panel, v.name) in seen:
+            raise ValueError(f"effect_table: variant {v.name!r} appears twice in panel {v.panel!r}")
+        seen.add((v.panel, v.name))
+        if v.edit_key not in cache:
+            cache[v.edit_key] = effect(score(lambda v=v: v.installed(backbone)), base, **effect_kw)
+        rows.append(v.describe() | cache[v.edit_key])
+    return pd.DataFrame(rows)

@@ -28,10 +28,6 @@ def use_style():
     plt.rcParams.update(STYLE)
 
 
-def use_style():
-    plt.rcParams.update(STYLE)
-
-
 def tie_heatmaps(res, sel, *, title: str | None = None):
     """Fig. 2: per module, the mean |TIE| (top row, Eq. 5's magnitude) and the mean signed TIE
     (bottom row) over layer x denoising step; star: Eq. 5's argmax, box: the downstream layer
@@ -156,3 +152,62 @@ def linear_reference(ax, x0, y0, xs, *, slope: float = 1.0, label: str = "∝ |F
     xs = np.asarray(sorted(xs), dtype=float)
     kw = {"color": "0.55", "ls": ":", "lw": 1.0, **kw}
     return ax.plot(xs, y0 * (xs / x0) ** slope, label=label, **kw)
+
+
+EFFECT_COLORS = {"d_forget_lp": "#b2182b", "d_retain_lp": "#2166ac", "shift": "#4d4d4d"}
+
+
+def effect_bars(ax, df, labels, columns=("d_forget_lp", "d_retain_lp"), *, names=None, title=None,
+                xlabel="Δ log-prob vs no_edit (nats)", highlight=None):
+    """Horizontal bars of ``df[columns]`` (one group per row, labelled ``df[labels]``, top to bottom),
+    each with its 95% CI (``<column>_lo`` / ``<column>_hi``) as a whisker and its value printed at
+    the bar's end. ``names``: legend text per column; ``highlight``: a boolean column whose rows'
+    labels are drawn in bold (e.g. a panel's reference edit)."""
+    n, k = len(df), len(columns)
+    h = 0.8 / k
+    y = np.arange(n)[::-1]
+    for j, c in enumerate(columns):
+        v = df[c].to_numpy(dtype=float)
+        pos = y + (k - 1 - 2 * j) * h / 2
+        err = None
+        if f"{c}_lo" in df and f"{c}_hi" in df:
+            err = np.abs(np.vstack([v - df[f"{c}_lo"].to_numpy(dtype=float), df[f"{c}_hi"].to_numpy(dtype=float) - v]))
+        ax.barh(pos, v, height=h, color=EFFECT_COLORS.get(c, f"C{j}"), xerr=err, ecolor="0.3", capsize=1.5,
+                error_kw={"lw": 0.7}, label=(names or {}).get(c, c))
+        ends = v if err is None else np.where(v >= 0, v + err[1], v - err[0])  # print beyond the whisker
+        for p_, vi, end in zip(pos, v, ends):
+            if np.isfinite(vi):
+                ax.annotate(f"{vi:+.2f}".replace("-", stats.MINUS), (end, p_), xytext=(2 if vi >= 0 else -2, 0),
+                            textcoords="offset points", ha="left" if vi >= 0 else "right", va="center", fontsize=6)
+    ax.axvline(0, color="0.2", lw=0.6)
+    ax.set_yticks(y, df[labels].astype(str).tolist())
+    if highlight is not None:
+        for t, bold in zip(ax.get_yticklabels(), df[highlight].to_numpy(dtype=bool)):
+            t.set_fontweight("bold" if bold else "normal")
+    ax.set_xlabel(xlabel)
+    lo, hi = ax.get_xlim()
+    ax.set_xlim(lo - 0.18 * (hi - lo), hi + 0.18 * (hi - lo))  # room for the printed values
+    if title:
+        ax.set_title(title, loc="left")
+    return ax
+
+
+def radar(ax, labels, series, *, colors=None, fill=0.12):
+    """A radar chart on a polar ``ax``: one closed polygon per ``series`` entry (name -> radii in
+    [0, 1], one per label, NaN drawn at 0 and marked "n/a" in its label), radial grid at 0.25 steps."""
+    n = len(labels)
+    ang = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    closed = np.concatenate([ang, ang[:1]])
+    missing = set()
+    for j, (name, r) in enumerate(series.items()):
+        r = np.asarray(r, dtype=float)
+        missing |= {i for i in range(n) if not np.isfinite(r[i])}
+        r = np.nan_to_num(r, nan=0.0)
+        c = (colors or {}).get(name, f"C{j}")
+        ax.plot(closed, np.concatenate([r, r[:1]]), color=c, lw=1.4, marker="o", ms=3, label=name)
+        ax.fill(closed, np.concatenate([r, r[:1]]), color=c, alpha=fill)
+    ax.set_xticks(ang, [lab + (" (n/a)" if i in missing else "") for i, lab in enumerate(labels)])
+    ax.set_ylim(0, 1.05)
+    ax.set_yticks([0.25, 0.5, 0.75, 1.0], ["", "0.5", "", "1"], fontsize=6)
+    ax.spines["polar"].set_visible(False)
+    return ax
