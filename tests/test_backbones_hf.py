@@ -21,7 +21,7 @@ from torch import nn
 
 import transformers as tf
 from timerome.backbones import Backbone, get_module, point
-from timerome.families import FAMILIES, UnknownFamily, infer_family
+from timerome.families import FAMILIES, TINY_FAMILIES, UnknownFamily, infer_family
 from timerome.hooks import has_hooks
 from timerome.loading import (BackboneLoadError, RemoteCodeRequired, UnknownArchitecture, check_bidirectional,
                               load_backbone, load_hf_backbone, make_bidirectional, resolve_mask_id,
@@ -154,7 +154,7 @@ DIFFUSION = ("llada", "mmada", "llada-moe", "dream", "diffullama")
 
 def test_every_hf_family_has_a_case():
     covered = {c[2] for c in CASES.values()}
-    assert covered == set(FAMILIES) - {"tiny", "tiny-causal"}
+    assert covered == set(FAMILIES) - set(TINY_FAMILIES)
 
 
 @pytest.fixture(scope="module")

@@ -210,3 +210,140 @@ def test_train_from_init_state_starts_there(tiny_tokenizer):
     m0, h = train(cfg, ex, objective="mdlm", epochs=0, seed=5, special_ids=ids, init_state=m.state_dict(),
                   log=lambda s: None)
     assert h == [] and all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m0.state_dict().values()))
+
+
+# ============================================================ the tiny analogues of the MDLM family (Table II)
+def _cfg(tok, **kw):
+    return TinyConfig(vocab_size=len(tok), n_layers=2, d_model=32, n_heads=2, d_mlp=64, max_len=64, **kw)
+
+
+def test_analogue_config_validation(tiny_tokenizer):
+    with pytest.raises(ValueError, match="shift_logits"):
+        _cfg(tiny_tokenizer, causal=True, shift_logits=True)
+    with pytest.raises(ValueError, match="expert_top_k"):
+        _cfg(tiny_tokenizer, n_experts=2, expert_top_k=3)
+    from timerome.families import tiny_family
+    assert [tiny_family(_cfg(tiny_tokenizer, **kw)).name for kw in
+            ({}, {"causal": True}, {"shift_logits": True}, {"n_experts": 2})] == ["tiny", "tiny-causal", "tiny-shifted", "tiny-moe"]
+
+
+def test_a_shifted_model_is_read_one_position_later(tiny_tokenizer, tmp_path):
+    from timerome.tiny.model import TinyLM
+
+    torch.manual_seed(0)
+    m = TinyLM(_cfg(tiny_tokenizer, shift_logits=True)).eval()
+    path = tiny_recipe.save_backbone(m, tiny_tokenizer, "toy-shifted", tmp_path, meta={
+        "prompt_template": "question: {question} answer:", "answer_prefix": " "})
+    bb = timerome.load_backbone(path)
+    m.half().float()  # as saved
+    x = torch.randint(5, len(tiny_tokenizer), (2, 9))
+    raw = m(x)
+    assert bb.family.shift_logits and torch.equal(bb.logits(x)[:, 1:], raw[:, :-1])  # position i read at i - 1
+    rows, cols = torch.tensor([0, 1, 1]), torch.tensor([3, 1, 8])
+    torch.testing.assert_close(bb.logits_at(x, None, rows, cols), raw[rows, cols - 1], atol=1e-6, rtol=0)
+
+
+def test_moe_routes_each_token_to_its_top_k_experts(tiny_tokenizer):
+    from timerome.tiny.model import MoE
+
+    torch.manual_seed(1)
+    moe = MoE(_cfg(tiny_tokenizer, n_experts=4, expert_top_k=2)).eval()
+    x = torch.randn(3, 5, 32)
+    want = torch.zeros_like(x)
+    for b in range(3):  # brute force: token by token
+        for t in range(5):
+            logits = moe.router(x[b, t])
+            top = logits.topk(2).indices
+            w = logits[top].softmax(0)
+            want[b, t] = sum(wi * moe.experts[int(e)](x[b, t]) for wi, e in zip(w, top))
+    torch.testing.assert_close(moe(x), want, atol=1e-6, rtol=1e-5)
+    assert ((moe.routing(x) > 0).sum(-1) == 2).all()
+    moe.train()
+    moe(x)
+    assert moe.aux_loss is not None and moe.aux_loss.item() >= 1.0 - 1e-6  # Switch's loss is >= 1, = 1 when balanced
+
+
+def test_upcycling_without_noise_computes_the_dense_mlp(tiny_tokenizer):
+    from timerome.tiny.model import TinyLM
+
+    torch.manual_seed(2)
+    dense = TinyLM(_cfg(tiny_tokenizer)).eval()
+    cfg = _cfg(tiny_tokenizer, n_experts=3, expert_top_k=2)
+    moe = TinyLM(cfg).eval()
+    moe.load_state_dict(tiny_recipe.upcycle(dense.state_dict(), cfg, noise=0.0))
+    x = torch.randint(5, len(tiny_tokenizer), (2, 7))
+    torch.testing.assert_close(moe(x), dense(x), atol=1e-5, rtol=1e-5)  # weights sum to 1 over identical experts
+    noisy = tiny_recipe.upcycle(dense.state_dict(), cfg, noise=0.01)
+    e0, e1 = noisy["blocks.0.mlp.experts.0.down.weight"], noisy["blocks.0.mlp.experts.1.down.weight"]
+    assert not torch.equal(e0, e1) and torch.allclose(e0, dense.state_dict()["blocks.0.mlp.down.weight"], atol=0.01)
+
+
+def test_moe_backbone_hook_points(tiny_tokenizer):
+    from timerome.backbones import Backbone
+    from timerome.families import tiny_family
+    from timerome.tiny.model import TinyLM
+
+    torch.manual_seed(3)
+    cfg = _cfg(tiny_tokenizer, n_experts=2, expert_top_k=1)
+    bb = Backbone(TinyLM(cfg).eval(), tiny_tokenizer, tiny_family(cfg), mask_id=tiny_tokenizer.mask_token_id)
+    x = torch.randint(5, len(tiny_tokenizer), (1, 6))
+    pts = [point("resid", 0), point("attn", 1), point("mlp", 1), point("resid", 1)]
+    with bb.trace(pts) as seen:
+        bb.logits(x)
+    blk, h0 = bb.model.blocks[1], seen[pts[0]]
+    mid = h0 + seen[pts[1]]
+    assert bb.family.mlp_down is None  # a mixture has no single down-projection
+    torch.testing.assert_close(seen[pts[2]], blk.mlp(blk.ln2(mid)), atol=1e-6, rtol=1e-5)  # mlp = the routed experts
+    torch.testing.assert_close(seen[pts[3]], mid + seen[pts[2]], atol=1e-6, rtol=1e-5)
+
+
+def test_a_causal_pattern_reproduces_the_causal_model(tiny_tokenizer):
+    from timerome.tiny.model import TinyLM
+
+    torch.manual_seed(4)
+    causal = TinyLM(_cfg(tiny_tokenizer, causal=True)).eval()
+    full = TinyLM(_cfg(tiny_tokenizer)).eval()
+    full.load_state_dict(causal.state_dict())
+    x = torch.randint(5, len(tiny_tokenizer), (2, 8))
+    tril = torch.ones(8, 8, dtype=torch.bool).tril()
+    torch.testing.assert_close(full.hidden(x, pattern=tril), causal.hidden(x), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(full.hidden(x), causal.hidden(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("kw", [dict(shift_logits=True), dict(n_experts=2, expert_top_k=1)])
+def test_analogue_training_learns_deterministically(tiny_tokenizer, kw):
+    ex = encode_pairs(tiny_tokenizer, PAIRS, "question: {question} answer:", " ")
+    ids = {"eos": tiny_tokenizer.eos_token_id, "mask": tiny_tokenizer.mask_token_id, "pad": tiny_tokenizer.pad_token_id}
+    cfg = _cfg(tiny_tokenizer, **kw)
+    runs = [train(cfg, ex, objective="mdlm", epochs=25, batch_size=2, lr=1e-2, warmup=5, seed=3, special_ids=ids,
+                  anneal_steps=20 if kw.get("shift_logits") else 0, log=lambda s: None) for _ in range(2)]
+    (m1, h1), (m2, h2) = runs
+    assert h1[-1]["loss"] < h1[0]["loss"]
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    with pytest.raises(ValueError, match="anneal_steps"):
+        train(_cfg(tiny_tokenizer, causal=True), ex, objective="arm", epochs=1, anneal_steps=5, special_ids=ids)
+
+
+def test_every_adaptation_runs_from_its_source(tiny_tokenizer, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    facts = [SimpleNamespace(question=q, answer=a) for q, a in PAIRS]
+    monkeypatch.setattr(tiny_recipe.world, "build_world", lambda root=None, parts=None, exclude_splits=(): facts)
+    monkeypatch.setattr(tiny_recipe.world, "composition", lambda root=None, parts=None, exclude_splits=(): {"toy": 4})
+    r = tiny_recipe.Recipe(d_model=32, n_layers=2, n_heads=2, d_mlp=64, max_len=64, epochs=1, batch_size=2, lr=1e-2,
+                           warmup=2, canvas=0, restart_epochs=0, prompt_template="question: {question} answer:")
+    quiet = dict(log=lambda s: None)
+    for src in ("tiny-mdlm", "tiny-mdlm-retain", "tiny-arm", "tiny-arm-retain"):
+        tiny_recipe.train_backbone(src, r, tiny_tokenizer, out_dir=tmp_path, **quiet)
+    for name, a in tiny_recipe.ADAPTED.items():
+        path = tiny_recipe.adapt_backbone(name, out_dir=tmp_path, src_dir=tmp_path, epochs=1, **quiet)
+        bb = timerome.load_backbone(path)
+        meta = tiny_recipe.load_meta(path)
+        assert not bb.is_causal and meta["adapted_from"] == a.source and meta["excluded_splits"] == list(a.exclude)
+        assert bb.family.shift_logits == bool(a.config.get("shift_logits")) and (bb.family.mlp_down is None) == ("n_experts" in a.config)
+        assert bb.prompt_template == a.recipe.get("prompt_template", r.prompt_template)
+    with pytest.raises(ValueError, match="retain twin must come from a retain model"):
+        monkeypatch.setitem(tiny_recipe.ADAPTED, "bad", tiny_recipe.Adaptation("tiny-mdlm", exclude=("forget01",)))
+        tiny_recipe.adapt_backbone("bad", out_dir=tmp_path, src_dir=tmp_path, epochs=1, **quiet)
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        tiny_recipe.adapt_backbone("tiny-dream", out_dir=tmp_path, src_dir=tmp_path / "none", epochs=1, **quiet)

@@ -47,6 +47,10 @@ FAMILIES = {f.name: f for f in [
     # The project's own tiny models (timerome.tiny.model.TinyLM).
     Family("tiny", "embed", "blocks", "attn", "mlp", "mlp.down"),
     Family("tiny-causal", "embed", "blocks", "attn", "mlp", "mlp.down", causal=True),
+    Family("tiny-shifted", "embed", "blocks", "attn", "mlp", "mlp.down", shift_logits=True,
+           notes="an AR-initialised tiny MDLM (tiny-dream, tiny-diffullama): output i predicts token i+1"),
+    Family("tiny-moe", "embed", "blocks", "attn", "mlp", None,
+           notes="tiny mixture-of-experts MDLM (tiny-llada-moe): no single down-projection"),
     Family("llada", "model.transformer.wte", "model.transformer.blocks", "attn_out", "ff_out", "ff_out",
            remote_code=True, model_types=("llada", "mmada"),
            architectures=("LLaDAModelLM", "MMadaModelLM", "MMaDAModelLM"),
@@ -67,7 +71,16 @@ FAMILIES = {f.name: f for f in [
     Family("modernbert", "model.embeddings.tok_embeddings", "model.layers", "attn", "mlp", "mlp.Wo",
            masked_lm=True, model_types=("modernbert",), mask_tokens=("[MASK]",)),
 ]}
-TINY_FAMILIES = ("tiny", "tiny-causal")  # the rest are loaded through Hugging Face transformers
+TINY_FAMILIES = ("tiny", "tiny-causal", "tiny-shifted", "tiny-moe")  # the rest are loaded through transformers
+
+
+def tiny_family(cfg) -> Family:
+    """The record of a `timerome.tiny.model.TinyConfig`: causal, shifted, mixture of experts or plain."""
+    if cfg.causal:
+        return FAMILIES["tiny-causal"]
+    if cfg.n_experts and cfg.shift_logits:
+        raise ValueError("no tiny family is both shifted and a mixture of experts")
+    return FAMILIES["tiny-moe" if cfg.n_experts else "tiny-shifted" if cfg.shift_logits else "tiny"]
 
 
 class UnknownFamily(ValueError):

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from .backbones import Backbone, as_dtype
-from .families import FAMILIES, Family, UnknownFamily, config_value, get_family, infer_family, known_families_text
+from .families import (Family, UnknownFamily, config_value, get_family, infer_family, known_families_text,
+                       tiny_family)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -273,7 +274,7 @@ def _load_tiny(path: Path, device, dtype) -> Backbone:
     tok = PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), **meta["special_tokens"])
     dtype = as_dtype(dtype, allow_auto=True)
     model.to(device=device or "cpu", dtype=torch.float32 if dtype in (None, "auto") else dtype).requires_grad_(False)
-    return Backbone(model, tok, FAMILIES["tiny-causal" if cfg.causal else "tiny"],
+    return Backbone(model, tok, tiny_family(cfg),
                     mask_id=tok.convert_tokens_to_ids(meta["special_tokens"]["mask_token"]),
                     name=meta["name"], prompt_template=meta["prompt_template"], answer_prefix=meta["answer_prefix"])
 

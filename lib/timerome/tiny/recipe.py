@@ -1,7 +1,10 @@
-"""Train and save the embedded tiny backbones (``tiny-mdlm``, ``tiny-mdlm-retain``, ``tiny-arm``).
+"""Train and save the embedded tiny backbones (``tiny-mdlm``, ``tiny-mdlm-retain``, ``tiny-arm``, ``tiny-arm-retain``)
+and adapt them into the tiny analogues of the MDLM family (Table II, `ADAPTED`).
 
-One tokenizer is trained on the whole world and shared by all three models, so their token ids
-agree (the retain model differs from ``tiny-mdlm`` only in never seeing forget01).
+One tokenizer is trained on the whole world and shared by all models, so their token ids
+agree (a retain model differs from its twin only in never seeing forget01). An adaptation starts
+from a committed model's weights and continues training on the same world (without forget01 for a
+retain twin, whose source is a retain model too) the way its real counterpart was made.
 Saved per model: ``model.safetensors`` (fp16, a few MB), ``config.json``, ``tokenizer.json`` and
 ``backbone.json`` (prompt format, special tokens, recipe, world composition, training history).
 """
@@ -27,7 +30,43 @@ MODELS = {
     # Next-token prediction memorises the world far sooner than masked diffusion (its loss curve
     # is in 00_tiny_backbones), so the AR model gets a shorter schedule (at the lr it was trained with).
     "tiny-arm": ("arm", (), {"epochs": 100, "lr": 3e-3, "restart_epochs": 0}),
+    "tiny-arm-retain": ("arm", ("forget01",), {"epochs": 100, "lr": 3e-3, "restart_epochs": 0}),
 }
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """A tiny analogue made from the committed model ``source``: its config changed by ``config``,
+    trained with masked diffusion under ``recipe`` (overrides of the source's recipe), ``anneal``
+    the share of its steps over which DiffuLLaMA's attention-mask annealing opens the causal mask."""
+    source: str
+    config: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)
+    exclude: tuple = ()
+    anneal: float = 0.0
+    note: str = ""
+
+
+_INSTRUCT = {"epochs": 40, "lr": 5e-4, "warmup": 20, "prompt_template": "User: {question}\nAssistant:"}
+_FROM_AR = {"epochs": 200, "lr": 1.5e-3, "warmup": 50}  # 60 epochs plateau near loss 1 (measured)
+_MOE = {"n_experts": 4, "expert_top_k": 2}  # this artifact's choice (LLaDA-MoE's values are not public here)
+ADAPTED = {}
+for _retain in (False, True):
+    _sfx, _ex = ("-retain", ("forget01",)) if _retain else ("", ())
+    ADAPTED |= {
+        f"tiny-llada-instruct{_sfx}": Adaptation(
+            f"tiny-mdlm{_sfx}", recipe=_INSTRUCT, exclude=_ex,
+            note="LLaDA-Instruct's SFT: the same QA inside a chat template, prompt never masked, EOS fill scored"),
+        f"tiny-dream{_sfx}": Adaptation(
+            f"tiny-arm{_sfx}", config={"causal": False, "shift_logits": True}, recipe=_FROM_AR, exclude=_ex,
+            note="Dream's adaptation of an AR model: attention made bidirectional, output i keeps predicting token i+1"),
+        f"tiny-diffullama{_sfx}": Adaptation(
+            f"tiny-arm{_sfx}", config={"causal": False, "shift_logits": True}, recipe=_FROM_AR, exclude=_ex, anneal=0.5,
+            note="DiffuLLaMA: the causal mask opened at random with a probability ramping to 1 over half the steps, shifted"),
+        f"tiny-llada-moe{_sfx}": Adaptation(
+            f"tiny-mdlm{_sfx}", config=_MOE, recipe={"epochs": 30, "lr": 5e-4, "warmup": 20}, exclude=_ex,
+            note="upcycled: every expert a copy of the dense MLP (plus 1% noise), a new router; 4 experts, top-2"),
+    }
 
 
 @dataclass
@@ -124,6 +163,81 @@ def train_backbone(name: str, recipe: Recipe, tokenizer, *, root=None, out_dir=W
         "prompt_template": recipe.prompt_template, "answer_prefix": recipe.answer_prefix})
 
 
+def upcycle(state: dict, cfg: TinyConfig, *, seed: int = 0, noise: float = 0.01) -> dict:
+    """A dense tiny model's state dict as a mixture of experts: every expert a copy of its layer's
+    MLP plus Gaussian noise of ``noise`` x that weight's std (so the experts can drift apart), the
+    router as a fresh seeded model initialises it. The noiseless copy computes the dense MLP exactly."""
+    torch.manual_seed(seed)
+    out = {k: v.float() for k, v in TinyLM(cfg).state_dict().items()}  # the router's initialisation
+    gen = torch.Generator().manual_seed(seed)
+    for k, v in state.items():
+        if ".mlp." not in k:
+            out[k] = v.float()
+            continue
+        head, tail = k.split(".mlp.", 1)
+        for e in range(cfg.n_experts):
+            w = v.float()
+            out[f"{head}.mlp.experts.{e}.{tail}"] = w + noise * w.std() * torch.randn(w.shape, generator=gen)
+    missing = [k for k in TinyLM(cfg).state_dict() if k not in out]
+    if missing:
+        raise ValueError(f"upcycle: no weights for {missing[:3]}")
+    return out
+
+
+def adapt_backbone(name: str, *, root=None, out_dir=WEIGHTS_DIR, src_dir=WEIGHTS_DIR, log=print,
+                   epochs: int | None = None) -> Path:
+    """Make the tiny analogue ``name`` of `ADAPTED` from its committed source model and save it
+    under ``out_dir/name`` (``epochs``: override, for tests). Deterministic like `train_backbone`."""
+    from safetensors.torch import load_file
+    from transformers import PreTrainedTokenizerFast
+
+    if name not in ADAPTED:
+        raise ValueError(f"unknown tiny analogue {name!r}; expected one of {sorted(ADAPTED)}")
+    a = ADAPTED[name]
+    src = Path(src_dir) / a.source
+    if not (src / "backbone.json").exists():
+        raise FileNotFoundError(f"{name} is adapted from {a.source}, but {src / 'backbone.json'} does not exist: "
+                                f"train it first (python -m timerome.tiny.recipe {a.source})")
+    meta = load_meta(src)
+    if meta.get("excluded_splits", []) != list(a.exclude):
+        raise ValueError(f"{name} excludes {list(a.exclude)}, but its source {a.source} was trained without "
+                         f"{meta.get('excluded_splits')}: a retain twin must come from a retain model")
+    fields_ = Recipe.__dataclass_fields__
+    recipe = replace(Recipe(**{k: (tuple(v) if k == "parts" else v) for k, v in meta["recipe"].items() if k in fields_}),
+                     **{"restart_epochs": 0, **a.recipe, **({} if epochs is None else {"epochs": epochs})})
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(src / "tokenizer.json"), **meta["special_tokens"])
+    src_cfg = TinyConfig.load(src / "config.json")
+    cfg = replace(src_cfg, **a.config)
+    state = load_file(str(src / "model.safetensors"))
+    if cfg.n_experts and not src_cfg.n_experts:
+        state = upcycle(state, cfg, seed=recipe.seed)
+    facts = world.build_world(root, parts=recipe.parts, exclude_splits=a.exclude)
+    examples = encode_pairs(tokenizer, [(f.question, f.answer) for f in facts], recipe.prompt_template,
+                            recipe.answer_prefix)
+    special = {"eos": tokenizer.eos_token_id, "mask": tokenizer.mask_token_id, "pad": tokenizer.pad_token_id}
+    steps = recipe.epochs * -(-len(examples) // recipe.batch_size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    torch.use_deterministic_algorithms(True)
+    t0 = time.perf_counter()
+    try:
+        model, history = train(cfg, examples, objective="mdlm", epochs=recipe.epochs, batch_size=recipe.batch_size,
+                               lr=recipe.lr, warmup=recipe.warmup, extra_eos=recipe.extra_eos, seed=recipe.seed,
+                               special_ids=special, masking=recipe.masking, canvas=recipe.canvas,
+                               canvas_prob=recipe.canvas_prob, bf16=recipe.bf16, init_state=state,
+                               anneal_steps=round(a.anneal * steps), log=log)
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.set_num_threads(threads)
+    return save_backbone(model, tokenizer, name, out_dir, meta={
+        "objective": "mdlm", "excluded_splits": list(a.exclude), "recipe": asdict(recipe),
+        "adapted_from": a.source, "adaptation": {**asdict(a), "anneal_steps": round(a.anneal * steps)},
+        "world": world.composition(root, parts=recipe.parts, exclude_splits=a.exclude),
+        "n_params": model.n_params(), "train_seconds": round(time.perf_counter() - t0, 1), "history": history,
+        "machine": {"torch": torch.__version__, "threads": recipe.threads, "cpu": platform.processor() or platform.machine()},
+        "prompt_template": recipe.prompt_template, "answer_prefix": recipe.answer_prefix})
+
+
 def _read_stage1(path, name, recipe: Recipe, tokenizer, cfg):
     """(fp16 state dict, history, train seconds) of a saved stage-1 checkpoint, checked against the recipe."""
     from safetensors.torch import load_file
@@ -177,7 +291,7 @@ def main(argv=None):
     import argparse
 
     ap = argparse.ArgumentParser(description="Train embedded tiny backbones with the project's recipe.")
-    ap.add_argument("names", nargs="+", choices=sorted(MODELS))
+    ap.add_argument("names", nargs="+", choices=sorted(MODELS) + sorted(ADAPTED))
     ap.add_argument("--out", default=str(WEIGHTS_DIR))
     ap.add_argument("--eval-every", type=int, default=0, help="log forget10 accuracy every N epochs")
     for f in ("epochs", "threads", "seed", "batch_size", "d_model", "n_layers", "d_mlp", "n_heads", "canvas", "warmup"):
@@ -211,6 +325,10 @@ def main(argv=None):
             s = token_accuracy_summary(answer_token_accuracy(bb, probe, gen_length=96, steps=8))
             return {"probe_acc": s["token_accuracy"], "probe_em": s["exact_match"]}
     for name in args.names:
+        if name in ADAPTED:  # its recipe is its source's, with the adaptation's overrides
+            path = adapt_backbone(name, out_dir=args.out, src_dir=args.out, log=lambda s: print(name, s, flush=True))
+            print(f"saved {name} to {path}", flush=True)
+            continue
         path = train_backbone(name, recipe, tok, out_dir=args.out, eval_fn=eval_fn, eval_every=args.eval_every,
                               log=lambda s: print(name, s, flush=True),
                               stage1=None if args.stage1 is None else Path(args.stage1) / name)

@@ -120,16 +120,24 @@ def arm_batch(examples, idx, *, pad_id: int):
 def train(cfg: TinyConfig, examples, *, objective: str, epochs: int, batch_size: int = 32, lr: float = 3e-3,
           warmup: int = 50, weight_decay: float = 0.0, extra_eos: int = 8, seed: int = 0,
           special_ids: dict, masking: str = "bernoulli", canvas: int = 0, canvas_prob: float = 1.0, bf16: bool = False,
-          init_state=None, eval_fn=None, eval_every: int = 0, log=print):
+          init_state=None, anneal_steps: int = 0, aux_weight: float = 0.01, eval_fn=None, eval_every: int = 0,
+          log=print):
     """Train a TinyLM from scratch, or from ``init_state`` (a state dict); returns (model, history of dicts).
 
     ``bf16`` runs the forward under CPU bfloat16 autocast (fp32 master weights and loss): faster
     on CPUs with AVX512-BF16 at larger widths, no gain at the embedded models' width.
+    A ``shift_logits`` config scores token j at output j − 1 (an AR-initialised MDLM). ``anneal_steps``
+    > 0 (DiffuLLaMA's attention-mask annealing, masked diffusion only): step s attends through the
+    causal mask opened at random, each (query, key) pair with probability min(1, s / anneal_steps),
+    so the model moves from its causal initialisation to full attention. A mixture-of-experts config
+    adds ``aux_weight`` times its load-balancing loss.
     """
     if objective not in ("mdlm", "arm"):
         raise ValueError(f"objective must be 'mdlm' or 'arm', got {objective!r}")
     if cfg.causal != (objective == "arm"):
         raise ValueError(f"config.causal={cfg.causal} does not match objective={objective!r}")
+    if anneal_steps and objective != "mdlm":
+        raise ValueError("anneal_steps (attention-mask annealing) adapts a causal model to masked diffusion: objective 'mdlm'")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -150,13 +158,21 @@ def train(cfg: TinyConfig, examples, *, objective: str, epochs: int, batch_size:
                     x, xin, masked, w = mdlm_batch(examples, idx, eos_id=special_ids["eos"], mask_id=special_ids["mask"],
                                                    extra_eos=rng.randint(0, extra_eos), gen=gen,
                                                    masking=masking, canvas=canvas, canvas_prob=canvas_prob)
-                    logits = model.lm_head(model.hidden(xin)[masked])  # the LM head only where it is scored
+                    pattern = None
+                    if anneal_steps:
+                        T = xin.shape[1]
+                        r = min(1.0, step / anneal_steps)
+                        pattern = torch.ones(T, T, dtype=torch.bool).tril() | (torch.rand((T, T), generator=gen) < r)
+                    h = model.hidden(xin, pattern=pattern)
+                    if cfg.shift_logits:  # token j is predicted at j - 1 (the prompt's BOS is never masked)
+                        h = torch.cat([h[:, :1], h[:, :-1]], dim=1)
+                    logits = model.lm_head(h[masked])  # the LM head only where it is scored
                     ce = F.cross_entropy(logits.float(), x[masked], reduction="none")
-                    loss = (ce * w[masked]).sum() / len(idx)
+                    loss = (ce * w[masked]).sum() / len(idx) + aux_weight * model.aux_loss()
                 else:
                     x, att, target = arm_batch(examples, idx, pad_id=special_ids["pad"])
                     logits = model.lm_head(model.hidden(x, att)[:, :-1][target[:, 1:]])
-                    loss = F.cross_entropy(logits.float(), x[:, 1:][target[:, 1:]])
+                    loss = F.cross_entropy(logits.float(), x[:, 1:][target[:, 1:]]) + aux_weight * model.aux_loss()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
