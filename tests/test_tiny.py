@@ -16,6 +16,15 @@ PAIRS = [("who wrote the red book ?", "alice wrote the red book in paris ."),
          ("where did alice write ?", "in paris .")]
 
 
+def toy_world(monkeypatch):
+    """The recipe's world replaced by PAIRS (4 QA facts), for training tests that run in seconds."""
+    from types import SimpleNamespace
+
+    facts = [SimpleNamespace(question=q, answer=a) for q, a in PAIRS]
+    monkeypatch.setattr(tiny_recipe.world, "build_world", lambda root=None, parts=None, exclude_splits=(): facts)
+    monkeypatch.setattr(tiny_recipe.world, "composition", lambda root=None, parts=None, exclude_splits=(): {"toy": 4})
+
+
 @pytest.mark.parametrize("block", ["llama", "bert"])
 def test_bidirectional_vs_causal(tiny_tokenizer, block):
     x = torch.randint(5, len(tiny_tokenizer), (2, 12))
@@ -174,13 +183,9 @@ def test_train_rejects_mismatched_objective(tiny_tokenizer):
 
 def test_warm_restart_from_a_saved_stage1_equals_the_two_stage_run(tiny_tokenizer, tmp_path, monkeypatch):
     from dataclasses import replace
-    from types import SimpleNamespace
-
     from safetensors.torch import load_file
 
-    facts = [SimpleNamespace(question=q, answer=a) for q, a in PAIRS]
-    monkeypatch.setattr(tiny_recipe.world, "build_world", lambda root=None, parts=None, exclude_splits=(): facts)
-    monkeypatch.setattr(tiny_recipe.world, "composition", lambda root=None, parts=None, exclude_splits=(): {"toy": 4})
+    toy_world(monkeypatch)
     r = tiny_recipe.Recipe(d_model=32, n_layers=2, n_heads=2, d_mlp=64, max_len=64, epochs=4, batch_size=2, lr=1e-2,
                            warmup=2, canvas=0, restart_epochs=0, prompt_template="question: {question} answer:")
     quiet = dict(log=lambda s: None)
@@ -325,11 +330,7 @@ def test_analogue_training_learns_deterministically(tiny_tokenizer, kw):
 
 
 def test_every_adaptation_runs_from_its_source(tiny_tokenizer, tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
-    facts = [SimpleNamespace(question=q, answer=a) for q, a in PAIRS]
-    monkeypatch.setattr(tiny_recipe.world, "build_world", lambda root=None, parts=None, exclude_splits=(): facts)
-    monkeypatch.setattr(tiny_recipe.world, "composition", lambda root=None, parts=None, exclude_splits=(): {"toy": 4})
+    toy_world(monkeypatch)
     r = tiny_recipe.Recipe(d_model=32, n_layers=2, n_heads=2, d_mlp=64, max_len=64, epochs=1, batch_size=2, lr=1e-2,
                            warmup=2, canvas=0, restart_epochs=0, prompt_template="question: {question} answer:")
     quiet = dict(log=lambda s: None)
