@@ -191,3 +191,31 @@ def test_retain_needed_unless_its_weight_is_zero(bb, forget):
         U.unlearn(bb, forget, [], U.UnlearnHParams("gd", drift_stop=None), validation_retain=[])
     with pytest.raises(ValueError, match="forget set is empty"):
         U.unlearn(bb, [], [], U.UnlearnHParams("ga", drift_stop=None), validation_retain=[])
+
+
+def test_rmu_on_a_mixture_of_experts_adapts_every_experts_down_projection(forget):
+    moe = timerome.load_backbone("tiny-llada-moe")
+    hp = U.UnlearnHParams("adaptive_rmu", lr=1e-3, epochs=1, batch_size=4, drift_stop=None, layer=1)
+    res = U.unlearn(moe, forget, splits.anchor_facts(max_examples=4), hp,
+                    validation_retain=splits.retain_facts("validation")[:4])
+    before = moe.model.state_dict()
+    changed = {k for k, v in res.backbone.model.state_dict().items() if not torch.equal(v, before[k])}
+    n_exp = moe.model.config.n_experts
+    assert changed == {f"blocks.{l}.mlp.experts.{e}.down.weight" for l in (0, 1) for e in range(n_exp)}
+
+
+def test_rmu_finds_the_blocks_of_a_nested_module_path(forget):
+    """A real family's blocks sit deeper than the model's top level (LLaDA: model.transformer.blocks):
+    the update layers are matched under the family's block path, not a top-level 'blocks'."""
+    from timerome.finetune import lora_targets
+    import torch.nn as nn
+
+    inner = nn.Module()
+    inner.blocks = nn.ModuleList(nn.ModuleDict({"ff_out": nn.Linear(4, 4)}) for _ in range(3))
+    outer = nn.Module()
+    outer.model = nn.Module()
+    outer.model.transformer = inner
+    assert lora_targets(outer, ["ff_out"], [0, 1], blocks="model.transformer.blocks") == [
+        "model.transformer.blocks.0.ff_out", "model.transformer.blocks.1.ff_out"]
+    with pytest.raises(ValueError, match="no Linear layer matched"):
+        lora_targets(outer, ["ff_out"], [0, 1])  # the old top-level default finds nothing here

@@ -302,3 +302,12 @@ def test_facts_without_a_located_subject(mdlm, data_root, corpus, cache):
     assert e.fact_ids == (fs[1].fact_id,) and e.skipped == (fs[0].fact_id,)
     with pytest.raises(timerome.tracer.SubjectError):
         rome.build(mdlm, [fs[0]], rome.ROMEHParams(**FAST), corpus=corpus, cache_dir=cache, skip_unlocatable=False)
+
+
+@pytest.mark.parametrize("method", ["rome", "memit", "alphaedit"])
+def test_editors_are_not_applicable_to_a_mixture_of_experts(method, facts):
+    from timerome.baselines import builders
+
+    moe = timerome.load_backbone("tiny-llada-moe")
+    with pytest.raises(builders.NotApplicable, match="has none"):
+        builders.build(method, builders.Context(moe, facts))

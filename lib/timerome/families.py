@@ -10,7 +10,8 @@ copies of its modelling code:
   whose output is the MLP output), returns ``(x, cache)``, and attends bidirectionally. Mask token
   ``<|mdm_mask|>`` = 126336.
 * LLaDA-MoE (``modeling_lladamoe.py``): OLMoE naming; the MLP is a sparse mixture, so there is no
-  single down-projection (weight editors must pick an expert). Its config also says
+  single down-projection (the weight editors do not apply; RMU adapts every expert's ``down_proj``,
+  per-expert Linears in its remote code). Its config also says
   ``model_type == "llada"``: only ``architectures`` tells it apart. Mask ``<|mask|>`` = 156895.
 * Dream (``modeling_dream.py``): Qwen2 naming, bidirectional SDPA, logits at i predict token i+1
   (AR initialisation). Mask ``<|mask|>`` = 151666.
@@ -32,6 +33,7 @@ class Family:
     attn_out: str  # attention sub-layer (output before the residual add), relative to a block
     mlp_out: str  # MLP sub-layer (output before the residual add)
     mlp_down: str | None  # the MLP down-projection (a Linear); its input is ``mlp_in``. None: no single one
+    expert_down: str | None = None  # mixture of experts: the last name of each expert's down-projection Linear
     shift_logits: bool = False  # logits at i predict token i+1 (AR-initialised MDLMs)
     causal: bool = False  # autoregressive baselines only
     remote_code: bool = False  # the checkpoint ships its own modelling code
@@ -49,14 +51,15 @@ FAMILIES = {f.name: f for f in [
     Family("tiny-causal", "embed", "blocks", "attn", "mlp", "mlp.down", causal=True),
     Family("tiny-shifted", "embed", "blocks", "attn", "mlp", "mlp.down", shift_logits=True,
            notes="an AR-initialised tiny MDLM (tiny-dream, tiny-diffullama): output i predicts token i+1"),
-    Family("tiny-moe", "embed", "blocks", "attn", "mlp", None,
+    Family("tiny-moe", "embed", "blocks", "attn", "mlp", None, expert_down="down",
            notes="tiny mixture-of-experts MDLM (tiny-llada-moe): no single down-projection"),
     Family("llada", "model.transformer.wte", "model.transformer.blocks", "attn_out", "ff_out", "ff_out",
            remote_code=True, model_types=("llada", "mmada"),
            architectures=("LLaDAModelLM", "MMadaModelLM", "MMaDAModelLM"),
            mask_tokens=("<|mdm_mask|>", "[MDM_MASK]"), mask_id=126336,
            notes="block outputs are (x, cache); blocks must be a ModuleList (block_group_size == 1)"),
-    Family("llada-moe", "model.embed_tokens", "model.layers", "self_attn", "mlp", None, remote_code=True,
+    Family("llada-moe", "model.embed_tokens", "model.layers", "self_attn", "mlp", None, expert_down="down_proj",
+           remote_code=True,
            model_types=("lladamoe", "llada_moe", "llada-moe"), architectures=("LLaDAMoEModelLM",),
            mask_tokens=("<|mask|>", "<|mdm_mask|>"), mask_id=156895,
            notes="mixture-of-experts MLP: the mlp_out point is the routed experts only (a block-level "

@@ -95,7 +95,13 @@ class Built:
         return KINDS[self.method]
 
 
+class NotApplicable(ValueError):
+    """The method has no defined form on this backbone (e.g. a weight editor of one MLP
+    down-projection on a mixture of experts); a table row carries the reason, never a number."""
+
+
 def build(method: str, ctx: Context) -> Built:
+    """``method``'s edit of ``ctx.forget``; raises `NotApplicable` where the method is undefined."""
     if method not in KINDS:
         raise ValueError(f"method={method!r}; expected one of {tuple(KINDS)}")
     return _BUILDERS[KINDS[method] if KINDS[method] == "gradient" else method](method, ctx)
@@ -164,6 +170,9 @@ def _editor(method, ctx):
     hp_cls = {"rome": "ROMEHParams", "memit": "MEMITHParams", "alphaedit": "AlphaEditHParams"}[method]
     hp = getattr(mod, hp_cls)(**ctx.option(method))
     bb = ctx.backbone
+    if bb.family.mlp_down is None:  # choosing one expert would be this artifact's method, not the editor's
+        raise NotApplicable(f"{EDITOR_LABELS[method]} edits the MLP down-projection of a layer; {bb.name} "
+                            f"(family {bb.family.name}) has none: {bb.family.notes}")
     edit = mod.build(bb, ctx.forget, hp)
     layer = getattr(hp, "layer", None)
     layer = layer if layer is not None else "-".join(str(l) for l in hp.layers)

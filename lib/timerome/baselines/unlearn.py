@@ -185,8 +185,12 @@ def unlearn(backbone: Backbone, forget, retain, hp: UnlearnHParams, *, validatio
     rng, gen = random.Random(hp.seed), torch.Generator().manual_seed(hp.seed)
     if is_rmu:
         layer, ups = _rmu_layers(hp, bb.n_layers)
-        down = bb.family.mlp_down.split(".")[-1] if bb.family.mlp_down else None
-        params = add_lora(bb.model, r=hp.lora_r, alpha=hp.lora_alpha, targets=[down], layers=list(ups))
+        # RMU updates the MLP down-projections below its layer; in a mixture of experts, every expert's
+        down = (bb.family.mlp_down or bb.family.expert_down or "").split(".")[-1]
+        if not down:
+            raise ValueError(f"{hp.label}: family {bb.family.name!r} names no MLP down-projection to adapt")
+        params = add_lora(bb.model, r=hp.lora_r, alpha=hp.lora_alpha, targets=[down], layers=list(ups),
+                          blocks=bb.family.blocks)
         at = point("resid", layer)
     else:
         params = add_lora(bb.model, r=hp.lora_r, alpha=hp.lora_alpha, targets=list(hp.targets) if hp.targets else None)
