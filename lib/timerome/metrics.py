@@ -113,6 +113,18 @@ def token_accuracy_summary(df: pd.DataFrame) -> dict:
 
 
 # --- per-example TOFU quantities ------------------------------------------------------------------
+def knowledge_row(backbone, split_facts: Mapping[str, list], *, gen_length: int = 96, steps: int = 8,
+                  max_facts: int | None = None) -> dict:
+    """Per split: ``<split> n``, ``<split> acc`` (answer-token accuracy) and ``<split> EM`` of
+    ``backbone`` on the first ``max_facts`` facts (all when None), as `00_tiny_backbones` reports them."""
+    row = {}
+    for split, facts in split_facts.items():
+        facts = list(facts)[:max_facts] if max_facts else list(facts)
+        s = token_accuracy_summary(answer_token_accuracy(backbone, facts, gen_length=gen_length, steps=steps))
+        row |= {f"{split} n": len(facts), f"{split} acc": s["token_accuracy"], f"{split} EM": s["exact_match"]}
+    return row
+
+
 def _np(x, name: str) -> np.ndarray:
     if torch.is_tensor(x):
         x = x.detach().cpu().double().numpy()
