@@ -82,10 +82,12 @@ class BackboneRun:
 
 def run_backbone(column: Column, hp, methods, *, forget_split: str = "forget01", trace_facts, seeds=(0, 1, 2),
                  n_mc: int = 8, max_examples: int | None = None, trace_steps: int = 8, batch_size: int = 64,
-                 root=None, context: dict | None = None, log=print) -> BackboneRun:
+                 root=None, context: dict | None = None, train_once: bool = False, log=print) -> BackboneRun:
     """Trace ``column``'s backbone, build TimeROME (``hp``: the shared `TimeROMEHParams`, moved to
     the traced layer) and each baseline of ``methods``, and score no_edit and every method on the
-    forget split (KS p against the retain twin) and the retain test authors."""
+    forget split (KS p against the retain twin) and the retain test authors. A gradient baseline is
+    trained once per seed and scored at that seed, or with ``train_once`` trained at the first seed
+    and scored at every seed (its ± is then the estimator's, as for the deterministic edits)."""
     import time
 
     from . import data, metrics
@@ -111,10 +113,12 @@ def run_backbone(column: Column, hp, methods, *, forget_split: str = "forget01",
             label = f"TimeROME (α={hp.alpha:g}, q={hp.q})"
             frame = metrics.evaluate(bb, splits_, edit=lambda: memory.installed(bb), **eval_kw)
         elif builders.KINDS[method] == "gradient":  # one training run per seed, scored at that seed
-            runs = [builders.build(method, builders.Context(bb, forget, seed=s, root=root, **ctx)) for s in seeds]
+            train = list(seeds)[:1] if train_once else list(seeds)
+            runs = [builders.build(method, builders.Context(bb, forget, seed=s, root=root, **ctx)) for s in train]
             label = runs[0].label
-            frame = pd.concat([metrics.evaluate(r.backbone, splits_, **{**eval_kw, "seeds": [s]})
-                               for r, s in zip(runs, seeds)], ignore_index=True)
+            scored = [list(seeds)] if train_once else [[s] for s in seeds]
+            frame = pd.concat([metrics.evaluate(r.backbone, splits_, **{**eval_kw, "seeds": ss})
+                               for r, ss in zip(runs, scored)], ignore_index=True)
         else:
             try:
                 b = builders.build(method, builders.Context(bb, forget, root=root, **ctx))

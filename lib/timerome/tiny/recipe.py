@@ -47,7 +47,8 @@ class Adaptation:
     note: str = ""
 
 
-_INSTRUCT = {"epochs": 40, "lr": 5e-4, "warmup": 20, "prompt_template": "User: {question}\nAssistant:"}
+# 40 epochs at 5e-4 left loss 0.33 and forget01 accuracy 0.64 (measured): the template is new to the model
+_INSTRUCT = {"epochs": 120, "lr": 1e-3, "warmup": 50, "prompt_template": "User: {question}\nAssistant:"}
 _FROM_AR = {"epochs": 200, "lr": 1.5e-3, "warmup": 50}  # 60 epochs plateau near loss 1 (measured)
 _MOE = {"n_experts": 4, "expert_top_k": 2}  # this artifact's choice (LLaDA-MoE's values are not public here)
 ADAPTED = {}
