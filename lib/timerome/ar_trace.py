@@ -18,18 +18,24 @@ from .tracer import answer_logp, check_facts, draw_noise, embedding_sigma, forwa
 
 @torch.no_grad()
 def ar_positional_trace(backbone, facts, *, sigma: float | None = None, modules=("resid", "attn", "mlp"),
-                        seed: int = 0, window: int = 1, batch_size: int | None = 64, counts=None) -> PositionalResult:
+                        seed: int = 0, window: int = 1, batch_size: int | None = 64, counts=None,
+                        prompts=None) -> PositionalResult:
     """ROME's positional causal trace (token x layer), for the "AR positional" ablation.
 
     One forward per cell: a causal backbone scores the gold answer teacher-forced on ``[prompt | o]``;
     a masked-diffusion backbone scores it on the fully masked canvas (step 0 of the diffusion trace).
     Noise as in `trace_tie`. Cell (t, ℓ) splices the clean output of m at prompt token t into the
-    ``window`` layers max(0, ℓ - window//2) .. (ROME uses 10 for attn / mlp)."""
+    ``window`` layers max(0, ℓ - window//2) .. (ROME uses 10 for attn / mlp). ``prompts``: one
+    `tracer.TracePrompt` per fact instead of `tracer.prepare_prompt`'s (e.g. a cloze whose prompt
+    ends inside the answer, `counterfact.trace_prompt`); the object is read at its ``gold`` slots."""
     facts, modules = check_facts(facts, modules)
     if window < 1:
         raise ValueError(f"window={window} must be >= 1")
     causal, L = backbone.is_causal, backbone.n_layers
-    prompts = [prepare_prompt(backbone, f) for f in facts]
+    if prompts is None:
+        prompts = [prepare_prompt(backbone, f) for f in facts]
+    elif len(prompts) != len(facts):
+        raise ValueError(f"{len(prompts)} prompts for {len(facts)} facts")
     sig = embedding_sigma(backbone, prompts) if sigma is None else float(sigma)
     ie = np.full((len(facts), len(modules), max(p.prompt_length for p in prompts), L), np.nan)
     lp_clean, lp_corr = [], []
@@ -57,3 +63,40 @@ def ar_positional_trace(backbone, facts, *, sigma: float | None = None, modules=
                             [list(p.subject) for p in prompts], ie, np.array(lp_clean), np.array(lp_corr),
                             {"sigma": sig, "sigma_arg": sigma, "seed": int(seed), "window": int(window),
                              "causal": causal, "backbone": backbone.name})
+
+
+@torch.no_grad()
+def restore_effect(backbone, facts, prompts, positions, *, sigma: float | None = None, modules=("resid", "attn", "mlp"),
+                   seed: int = 0, batch_size: int | None = 64, counts=None) -> dict:
+    """The indirect effect of restoring module m at layer ℓ at a *set* of prompt positions at once.
+
+    Same runs as `ar_positional_trace` (noise on every subject token of ``prompts[i]``, the object
+    read at its gold slots), but cell (m, ℓ) splices the clean output of m at all of
+    ``positions[i]`` (e.g. the last token of each mention of the subject, where a weight edit of
+    that layer acts) into layer ℓ. Returns {"ie": [facts, modules, layers], "logp_clean",
+    "logp_corrupt": [facts], "sigma"}."""
+    facts, modules = check_facts(facts, modules)
+    if not len(prompts) == len(positions) == len(facts):
+        raise ValueError(f"{len(facts)} facts, {len(prompts)} prompts and {len(positions)} position sets")
+    causal, L = backbone.is_causal, backbone.n_layers
+    sig = embedding_sigma(backbone, prompts) if sigma is None else float(sigma)
+    ie = np.full((len(facts), len(modules), L), np.nan)
+    lp_clean, lp_corr = [], []
+    for i, (f, p, pos) in enumerate(zip(facts, prompts, positions)):
+        P, n, pos = p.prompt_length, len(p.gold), sorted(int(t) for t in pos)
+        if not pos or pos[0] < 0 or pos[-1] >= P:
+            raise ValueError(f"fact {f.fact_id}: positions {pos} must be non-empty and inside its {P}-token prompt")
+        g = P - int(causal)
+        x = torch.cat([p.ids[:P], torch.tensor(p.gold)]) if causal else p.ids
+        noise = (sig * draw_noise(backbone, f, p, seed)).to(backbone.device)
+        names = [point(m, l) for m in modules for l in range(L)]
+        [(_, _, logits, clean)] = forward_chunks(backbone, x[None], None, range(P), capture=names, counts=counts)
+        lp_clean.append(answer_logp(logits[:, g:g + n].float(), p.gold)[0])
+        [(_, _, logits, _)] = forward_chunks(backbone, x[None], None, p.subject, noise, counts=counts)
+        lp_corr.append(answer_logp(logits[:, g:g + n].float(), p.gold)[0])
+        patches = [(r, name, pos, clean[name][0, pos]) for r, name in enumerate(names)]
+        chunks = forward_chunks(backbone, x.expand(len(names), -1), None, p.subject, noise, patches,
+                                batch_size=batch_size, counts=counts)
+        lp = np.concatenate([answer_logp(lg[:, g:g + n].float(), p.gold) for _, _, lg, _ in chunks])
+        ie[i] = (lp - lp_corr[-1]).reshape(len(modules), L)
+    return {"ie": ie, "logp_clean": np.array(lp_clean), "logp_corrupt": np.array(lp_corr), "sigma": sig}

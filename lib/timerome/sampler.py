@@ -95,12 +95,15 @@ def commit_mask(conf: torch.Tensor, masked: torch.Tensor, n: torch.Tensor) -> to
 @torch.no_grad()
 def generate(backbone, prompt_ids, *, gen_length: int, steps: int, block_length: int | None = None,
              remasking: str = "low_confidence", temperature: float = 0.0, seed: int | None = None,
-             attention_mask: torch.Tensor | None = None, return_trajectory: bool = False, on_step=None):
+             attention_mask: torch.Tensor | None = None, return_trajectory: bool = False, on_step=None,
+             suffix=None):
     """Sample answers for a batch of prompts; returns token ids [B, P + gen_length].
 
     ``prompt_ids`` is a [B, P] tensor (with ``attention_mask`` when left-padded) or a list of
     token-id lists of any lengths (left-padded here; padding is invisible to the model).
     With ``return_trajectory`` a `Generation` also gives the commit step of every position.
+    ``suffix``: token ids fixed after the generated slots (e.g. the EOS an answer is trained with),
+    visible to every forward and not returned.
     """
     if remasking not in REMASKING:
         raise ValueError(f"remasking={remasking!r}; expected one of {REMASKING}")
@@ -125,10 +128,12 @@ def generate(backbone, prompt_ids, *, gen_length: int, steps: int, block_length:
         prompt_ids, attention_mask = left_pad(prompt_ids, backbone.pad_id, device)
     prompt_ids = prompt_ids.to(device)
     B, P = prompt_ids.shape
-    x = torch.cat([prompt_ids, torch.full((B, gen_length), backbone.mask_id, dtype=torch.long, device=device)], 1)
+    tail = torch.as_tensor(list(suffix or []), dtype=torch.long, device=device)[None].expand(B, -1)
+    x = torch.cat([prompt_ids, torch.full((B, gen_length), backbone.mask_id, dtype=torch.long, device=device), tail], 1)
     att = None
     if attention_mask is not None:
-        att = torch.cat([attention_mask.to(device), torch.ones(B, gen_length, dtype=attention_mask.dtype, device=device)], 1)
+        att = torch.cat([attention_mask.to(device), torch.ones(B, gen_length + tail.shape[1], dtype=attention_mask.dtype,
+                                                               device=device)], 1)
     generator = torch.Generator(device=device)
     generator.manual_seed(0 if seed is None else int(seed))
     committed_at = torch.full((B, gen_length), -1, dtype=torch.long, device=device)
@@ -157,8 +162,9 @@ def generate(backbone, prompt_ids, *, gen_length: int, steps: int, block_length:
             conf = confidence(logits, x0, remasking, temperature, generator)
             commit = commit_mask(conf, masked, schedule[:, i])
             x = torch.where(commit, x0, x)
-            committed_at[commit[:, P:]] = k
+            committed_at[commit[:, P:P + gen_length]] = k
             k += 1
+    x = x[:, :P + gen_length]
     if return_trajectory:
         return Generation(x, committed_at, P)
     return x

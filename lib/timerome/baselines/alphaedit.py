@@ -59,8 +59,9 @@ def alphaedit_update(K: torch.Tensor, R: torch.Tensor, P: torch.Tensor, alpha: f
     return torch.linalg.solve(A, P @ K.T @ R).T  # = (A⁻¹ P Kᵀ R)ᵀ, AlphaEdit's solve
 
 
-def build(bb, facts, hp: AlphaEditHParams | None = None, *, target: str = DEFAULT_TARGET, cache_dir=None,
-          corpus=None, skip_unlocatable: bool = True, batch_size: int = 32, previous: Edit | None = None) -> Edit:
+def build(bb, facts=None, hp: AlphaEditHParams | None = None, *, target: str = DEFAULT_TARGET, cache_dir=None,
+          corpus=None, skip_unlocatable: bool = True, batch_size: int = 32, previous: Edit | None = None,
+          requests=None) -> Edit:
     """One AlphaEdit batch of ``facts`` towards ``target`` -> `editing.Edit`. Arguments as `memit.build`.
 
     ``previous``: an earlier AlphaEdit `Edit` of this backbone (sequential editing). The batch is
@@ -70,7 +71,7 @@ def build(bb, facts, hp: AlphaEditHParams | None = None, *, target: str = DEFAUL
     hp = AlphaEditHParams() if hp is None else hp
     clock = timer()
     reqs, skipped, C, prefixes = prepare_batch(bb, facts, hp, AlphaEditHParams, target, corpus, skip_unlocatable,
-                                        cache_dir, batch_size)  # statistics before `previous` is applied
+                                        cache_dir, batch_size, requests)  # statistics before `previous` is applied
     P = {l: null_projector(C[l], hp.nullspace_threshold) for l in hp.layers}
     prev_cov, prev_deltas, prev_facts = {}, {}, ()
     if previous is not None:

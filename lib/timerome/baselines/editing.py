@@ -12,7 +12,9 @@
 MDLM adaptation. A masked diffusion model reads the answer slots bidirectionally, so every
 forward has an answer canvas: keys are read from ``[prompt ; MASK x |answer| ; tail]`` (the
 answer masked, as at the start of generation) and the target loss is the cross-entropy of the
-target tokens at the masked positions of ``[prompt ; MASK x |target| ; tail]``. ``tail`` is
+target tokens at the masked positions of ``[prompt ; MASK x |target| ; tail]`` (a `Request` may add
+masked slots after the target: the rest of an answer; ``VHParams.v_states="partial"`` adds states
+with some target tokens shown, the partial-unmasking correction). ``tail`` is
 `likelihood.answer_tail` (the EOS the tiny MDLMs are trained and scored with after an answer), so
 the target is optimised in the context it is scored in. A causal backbone gets no canvas for its
 keys (later tokens cannot change them) and teacher forcing ``[prompt ; target]`` for the loss.
@@ -46,6 +48,7 @@ __all__ = ["Request", "VHParams", "VStar", "Edit", "prepare_requests", "context_
 
 MOM2_FORMAT, MOM2_VERSION = "timerome-mom2", 1
 MASKINGS = ("none", "answer")  # what `second_moments` masks
+V_STATES = ("masked", "partial")  # the target states δ is optimised on (`VHParams.v_states`)
 
 
 # ----------------------------------------------------------------------------- hyperparameters
@@ -95,7 +98,11 @@ class VHParams:
     prefix_words: int = 8          # words per prefix (ROME: 5- and 10-token generations)
     mom2_n_samples: int = 1000     # corpus texts for C (of the tiny world's 1353)
     mom2_masking: str = "none"     # `second_moments`' masking: "none" (clean text, ROME's) or "answer"
-    seed: int = 0                  # prefix and corpus sampling
+    # MDLMs: "masked" optimises δ on the fully masked target only; "partial" also on partially
+    # unmasked targets (the partial-unmasking correction of Park & Jo, `_target_rows`)
+    v_states: str = "masked"
+    v_reveal_draws: int = 2        # "partial": random reveal subsets per reveal count k >= 1 and prefix
+    seed: int = 0                  # prefix, corpus and reveal sampling
 
     def _check_v(self):
         for name in ("v_lr", "v_weight_decay", "kl_factor", "clamp_norm_factor", "v_loss_threshold"):
@@ -104,6 +111,9 @@ class VHParams:
         check_positive(self, "n_prefixes", kind=int, allow_zero=True)
         check_positive(self, "prefix_words", kind=int)
         check_positive(self, "mom2_n_samples", kind=int)
+        check_positive(self, "v_reveal_draws", kind=int)
+        if self.v_states not in V_STATES:
+            raise ValueError(f"{type(self).__name__}.v_states={self.v_states!r}: must be one of {V_STATES}")
         if self.mom2_masking not in MASKINGS:
             raise ValueError(f"{type(self).__name__}.mom2_masking={self.mom2_masking!r}: must be one of {MASKINGS}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -126,11 +136,40 @@ class Request:
     last: int          # position of the subject's last token in ``prompt``
     answer: tuple      # answer ids (the key canvas length)
     target: tuple      # target ids
+    after: int = 0     # MDLMs: masked slots after the target on its canvas (the rest of an answer)
 
 
-def prepare_requests(bb, facts, target: str = DEFAULT_TARGET, *, skip_unlocatable: bool = True):
+def check_requests(bb, requests) -> list:
+    """``requests`` as a list of valid `Request` objects for ``bb``; a bad one is a ValueError naming it."""
+    reqs = list(requests)
+    if not reqs:
+        raise ValueError("no requests to edit: the request list is empty")
+    V = bb.embedding.num_embeddings
+    for i, r in enumerate(reqs):
+        if not isinstance(r, Request):
+            raise TypeError(f"requests[{i}] is a {type(r).__name__}, not an editing.Request")
+        for name in ("prompt", "answer", "target"):
+            ids = getattr(r, name)
+            if not ids or not all(isinstance(t, int) and 0 <= t < V for t in ids):
+                raise ValueError(f"request {r.fact_id!r}: {name} must be a non-empty sequence of token ids < {V}")
+        if not 0 <= r.last < len(r.prompt):
+            raise ValueError(f"request {r.fact_id!r}: last={r.last} is outside its {len(r.prompt)}-token prompt")
+        if isinstance(r.after, bool) or not isinstance(r.after, int) or r.after < 0:
+            raise ValueError(f"request {r.fact_id!r}: after={r.after!r} must be an integer >= 0")
+    return reqs
+
+
+def prepare_requests(bb, facts, target: str = DEFAULT_TARGET, *, skip_unlocatable: bool = True, requests=None):
     """(requests, skipped fact ids). A fact whose subject is not in its question cannot be keyed:
-    it raises `tracer.SubjectError`, or with ``skip_unlocatable`` is listed in ``skipped``."""
+    it raises `tracer.SubjectError`, or with ``skip_unlocatable`` is listed in ``skipped``.
+    ``requests``: ready-made `Request` objects (e.g. `counterfact`'s cloze edits) used as they are,
+    instead of ``facts`` and ``target``."""
+    if requests is not None:
+        if facts is not None:
+            raise ValueError("pass facts or requests, not both")
+        return check_requests(bb, requests), []
+    if facts is None:
+        raise ValueError("no facts to edit: pass facts or requests")
     facts = list(facts)
     if not facts:
         raise ValueError("no facts to edit: the fact list is empty")
@@ -218,7 +257,7 @@ def compute_keys(bb, reqs, layer: int, prefixes, *, batch_size: int = 32) -> tor
 
 def value_canvas(bb, r) -> list[int]:
     """The sequence the target value is optimised and read on, with no prefix."""
-    return list(r.prompt) + (canvas(bb, len(r.target)) if not bb.is_causal else list(r.target[:-1]))
+    return list(r.prompt) + (canvas(bb, len(r.target) + r.after) if not bb.is_causal else list(r.target[:-1]))
 
 
 # ----------------------------------------------------------------------------- second moment
@@ -354,17 +393,40 @@ class VStar:
     steps: int
 
 
-def _target_rows(bb, r, prefixes):
-    """Per prefix: (sequence, lookup position, [(position, token)] scored for the target)."""
+def reveal_sets(n: int, draws: int, seed: int, *key) -> list[tuple[int, ...]]:
+    """The partial-unmasking states of an ``n``-token target: for each reveal count k = 0 .. n-1
+    the target positions shown, ``()`` once for k = 0 and ``draws`` subsets of size k drawn
+    uniformly (seeded by ``seed`` and ``key``) for each k >= 1. A state with every token shown has
+    nothing left to score and is never drawn."""
+    out = [()]
+    for k in range(1, n):
+        g = random.Random(stable_seed(seed, "reveal", n, k, *key, bits=63))
+        out += [tuple(sorted(g.sample(range(n), k))) for _ in range(draws)]
+    return out
+
+
+def _target_rows(bb, r, prefixes, hp=None):
+    """Per prefix (and, with ``hp.v_states == "partial"``, per reveal state of `reveal_sets`):
+    (sequence, lookup position, [(position, token)] scored for the target). The fully masked
+    state comes first for every prefix."""
+    partial = hp is not None and hp.v_states == "partial"
+    if partial and bb.is_causal:
+        raise ValueError(f"v_states='partial' is for masked diffusion backbones; {bb.name} is causal "
+                         "(its target is teacher-forced, never partially masked)")
     rows = []
-    for p in prefixes:
+    for i, p in enumerate(prefixes):
         s, shift = with_prefix(bb, r.prompt, p)
         P = len(s)
         if bb.is_causal:  # teacher forcing: position i predicts token i+1
-            seq, labels = s + list(r.target[:-1]), [(P - 1 + j, t) for j, t in enumerate(r.target)]
-        else:  # the target masked: position i scores the token at i
-            seq, labels = s + canvas(bb, len(r.target)), [(P + j, t) for j, t in enumerate(r.target)]
-        rows.append((seq, r.last + shift, labels))
+            rows.append((s + list(r.target[:-1]), r.last + shift, [(P - 1 + j, t) for j, t in enumerate(r.target)]))
+            continue
+        # the target masked (position i scores the token at i), then the rest of the answer masked
+        states = reveal_sets(len(r.target), hp.v_reveal_draws, hp.seed, r.fact_id, i) if partial else [()]
+        for shown in states:
+            seq = s + canvas(bb, len(r.target) + r.after)
+            for j in shown:
+                seq[P + j] = r.target[j]
+            rows.append((seq, r.last + shift, [(P + j, t) for j, t in enumerate(r.target) if j not in shown]))
     return rows
 
 
@@ -389,10 +451,12 @@ def optimize_delta(bb, r: Request, layer: int, hp: VHParams, prefixes) -> VStar:
         mean NLL(target) + kl_factor * KL(p_δ || p_0 on the KL row) + v_weight_decay * |δ| / |h|^2,
 
     ‖δ‖ clamped to clamp_norm_factor·‖h‖ after each step (h: the MLP output at that token with no
-    prefix). Deterministic (δ starts at 0). The weights are never touched; gradients are taken
-    with respect to δ only."""
+    prefix). ``hp.v_states == "partial"`` (MDLMs) adds, per prefix, the partially unmasked target
+    states of `reveal_sets`; the NLL is then each row's mean over its still-masked target tokens,
+    averaged over rows. Deterministic (δ starts at 0, reveal subsets are seeded). The weights are
+    never touched; gradients are taken with respect to δ only."""
     point = f"blocks.{int(layer)}.mlp_out"
-    rows = _target_rows(bb, r, prefixes)
+    rows = _target_rows(bb, r, prefixes, hp)
     kl_seq, kl_look, kl_pos = _kl_row(bb, r, hp.kl_prompt)
     seqs = [s for s, _, _ in rows] + [kl_seq]
     ids, att = left_pad(seqs, bb.pad_id, bb.device)
@@ -403,6 +467,9 @@ def optimize_delta(bb, r: Request, layer: int, hp: VHParams, prefixes) -> VStar:
     lab = [(i, off[i] + pos, tok) for i, (_, _, labels) in enumerate(rows) for pos, tok in labels]
     lab_r, lab_c, lab_t = (torch.tensor(x, device=dev) for x in zip(*lab))
     n_rows, n_tgt = len(rows), len(r.target)
+    # "partial": each row's mean NLL over its still-masked tokens, averaged over rows
+    lab_w = (torch.tensor([1.0 / (n_rows * len(rows[i][2])) for i, _, _ in lab], device=dev)
+             if hp.v_states == "partial" else None)
     attention = None if bool(att.all()) else att
     H = bb.hidden_size
     delta = torch.zeros(H, device=dev, dtype=torch.float32, requires_grad=True)
@@ -420,7 +487,8 @@ def optimize_delta(bb, r: Request, layer: int, hp: VHParams, prefixes) -> VStar:
         with bb.trace(point, edit=add):
             logits = bb.forward_logits(ids, attention)
         logp = torch.log_softmax(logits[lab_r, lab_c].float(), -1)
-        nll_t = -logp.gather(1, lab_t[:, None]).sum() / (n_rows * n_tgt)
+        picked = logp.gather(1, lab_t[:, None])[:, 0]
+        nll_t = -picked.sum() / (n_rows * n_tgt) if lab_w is None else -(picked * lab_w).sum()
         kl_logp = torch.log_softmax(logits[n_rows, off[n_rows] + kl_pos].float(), -1)
         if "kl0" not in state:
             state["kl0"] = kl_logp.detach()

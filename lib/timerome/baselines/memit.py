@@ -70,13 +70,13 @@ def window_edit(bb, reqs, layers, hp, prefixes, solver, *, batch_size: int = 32)
     return deltas, info
 
 
-def prepare_batch(bb, facts, hp, cls, target, corpus, skip_unlocatable, cache_dir, batch_size):
+def prepare_batch(bb, facts, hp, cls, target, corpus, skip_unlocatable, cache_dir, batch_size, requests=None):
     """(requests, skipped, {layer: C}, prefixes) of a window editor, its hyperparameters checked."""
     if not isinstance(hp, cls):
         raise TypeError(f"hp must be a {cls.__name__}, not {type(hp).__name__}")
     if hp.layers[-1] >= bb.n_layers:
         raise ValueError(f"{cls.__name__}.layers={hp.layers}: {bb.name} has {bb.n_layers} layers")
-    reqs, skipped = prepare_requests(bb, facts, target, skip_unlocatable=skip_unlocatable)
+    reqs, skipped = prepare_requests(bb, facts, target, skip_unlocatable=skip_unlocatable, requests=requests)
     texts = corpus_texts() if corpus is None else list(corpus)
     C = second_moments(bb, hp.layers, n_samples=hp.mom2_n_samples, texts=texts, seed=hp.seed, cache_dir=cache_dir,
                        masking=hp.mom2_masking, batch_size=batch_size)
@@ -84,14 +84,14 @@ def prepare_batch(bb, facts, hp, cls, target, corpus, skip_unlocatable, cache_di
     return reqs, skipped, C, prefixes
 
 
-def build(bb, facts, hp: MEMITHParams | None = None, *, target: str = DEFAULT_TARGET, cache_dir=None, corpus=None,
-          skip_unlocatable: bool = True, batch_size: int = 32) -> Edit:
+def build(bb, facts=None, hp: MEMITHParams | None = None, *, target: str = DEFAULT_TARGET, cache_dir=None, corpus=None,
+          skip_unlocatable: bool = True, batch_size: int = 32, requests=None) -> Edit:
     """One MEMIT batch edit of ``facts`` towards ``target`` -> `editing.Edit` (a ΔW per window layer).
     Arguments as `rome.build`; the backbone is left as it was."""
     hp = MEMITHParams() if hp is None else hp
     clock = timer()
     reqs, skipped, C, prefixes = prepare_batch(bb, facts, hp, MEMITHParams, target, corpus, skip_unlocatable, cache_dir,
-                                        batch_size)
+                                        batch_size, requests)
     deltas, info = window_edit(bb, reqs, hp.layers, hp, prefixes,
                                lambda i, l, K, R: memit_update(K, R, C[l], hp.mom2_update_weight),
                                batch_size=batch_size)

@@ -38,11 +38,12 @@ def rank_one_update(W: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C: torch.
     return torch.outer(r, u) / (k @ u)
 
 
-def build(bb, facts, hp: ROMEHParams | None = None, *, target: str = DEFAULT_TARGET, cache_dir=None, corpus=None,
-          skip_unlocatable: bool = True, batch_size: int = 32) -> Edit:
+def build(bb, facts=None, hp: ROMEHParams | None = None, *, target: str = DEFAULT_TARGET, cache_dir=None, corpus=None,
+          skip_unlocatable: bool = True, batch_size: int = 32, requests=None) -> Edit:
     """Sequential ROME edits of ``facts`` towards ``target`` -> `editing.Edit` (one layer, the summed ΔW).
 
     ``corpus``: (question, answer) pairs for C and the context prefixes (default: the tiny world).
+    ``requests``: ready-made `editing.Request` objects instead of ``facts`` and ``target``.
     The backbone is left as it was (edits during the build are applied through
     `editing.weights_applied` and undone)."""
     hp = ROMEHParams() if hp is None else hp
@@ -52,7 +53,7 @@ def build(bb, facts, hp: ROMEHParams | None = None, *, target: str = DEFAULT_TAR
     l = hp.layer
     if l >= bb.n_layers:
         raise ValueError(f"ROMEHParams.layer={l}: {bb.name} has {bb.n_layers} layers")
-    reqs, skipped = prepare_requests(bb, facts, target, skip_unlocatable=skip_unlocatable)
+    reqs, skipped = prepare_requests(bb, facts, target, skip_unlocatable=skip_unlocatable, requests=requests)
     texts = corpus_texts() if corpus is None else list(corpus)
     C = second_moments(bb, [l], n_samples=hp.mom2_n_samples, texts=texts, seed=hp.seed, cache_dir=cache_dir,
                        masking=hp.mom2_masking, batch_size=batch_size)[l]
