@@ -141,6 +141,7 @@ CASES = {
     "llada-moe": (tiny_olmoe, "llada-moe", "llada-moe", {**_QWEN_PATHS, "down": "model.layers.{}.mlp.experts"}),
     "dream": (tiny_qwen2, "dream", "dream", _QWEN_PATHS),
     "diffullama": (tiny_llama, None, "llama", _QWEN_PATHS),
+    "smollm2": (tiny_llama, "llama-causal", "llama-causal", _QWEN_PATHS),  # a Llama kept causal
     "bert": (tiny_bert, None, "bert", dict(
         embed="bert.embeddings.word_embeddings", block="bert.encoder.layer.{}",
         attn="bert.encoder.layer.{}.attention.output.dense", mlp="bert.encoder.layer.{}.output.dense",
@@ -178,7 +179,7 @@ def test_shape_facts(backbones, case):
     assert bb.family is FAMILIES[CASES[case][2]]
     assert bb.n_layers == L and bb.hidden_size == H
     assert bb.mask_id == bb.tokenizer.mask_token_id == 2
-    assert not bb.is_causal
+    assert bb.is_causal == (case == "smollm2")  # llama-causal keeps its causal mask
     assert bb.prompt("q?") == "q?" and case in repr(bb)
 
 
@@ -272,12 +273,15 @@ def test_logits_at_equals_indexed_logits(backbones, case):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bidirectional(backbones, case):
+def test_bidirectional_unless_causal(backbones, case):
     bb = backbones[case]
     a = ids(B=1, T=6)
     b = a.clone()
     b[0, -1] = (a[0, -1] + 1 - len(SPECIALS)) % (V - len(SPECIALS)) + len(SPECIALS)
     la, lb = bb.logits(a), bb.logits(b)
+    if bb.is_causal:  # an autoregressive model: a later token changes nothing before it
+        assert torch.equal(la[:, :5], lb[:, :5]) and not check_bidirectional(bb)
+        return
     assert not torch.allclose(la[:, :2], lb[:, :2]), "a later token must change earlier positions"
     assert check_bidirectional(bb)
 

@@ -229,3 +229,18 @@ def test_unedited_models_complete_their_own_facts(kind, mdlm, arm, reqs):
     if not bb.is_causal:  # the sampler's states: k filled object slots, the first fully masked
         ks = [k for k, _ in row["states"]]
         assert ks[0] == 0 and ks == sorted(ks) and max(ks) < row["n_new"]
+
+
+@pytest.mark.parametrize("kind", ["mdlm", "arm"])
+def test_reachable_nll_starts_at_the_unedited_nll_and_only_goes_down(kind, mdlm, arm, reqs):
+    """With no step it is the new object's unedited NLL (`object_logp`'s state); a free δ at more
+    positions can only reach lower (each site's positions contain the previous site's)."""
+    bb = mdlm if kind == "mdlm" else arm
+    c = CF.tokenize(bb, next(q for q in reqs if len(CF.tokenize(bb, q).new) >= 2))
+    start = -EE.object_logp(bb, c, "new") / len(c.new)
+    assert EE.reachable_nll(bb, c, 0, "last", steps=0) == pytest.approx(start, rel=1e-5)
+    sites = [set(EE.key_positions(c, s)) for s in EE.KEY_SITES]
+    assert all(a <= b for a, b in zip(sites, sites[1:])) and sites[0] == {c.last}
+    assert EE.reachable_nll(bb, c, 0, "prompt", steps=30) < start - 1.0
+    with pytest.raises(ValueError, match="site"):
+        EE.key_positions(c, "first")

@@ -148,6 +148,52 @@ def score(bb, cf: Counterfact, by_id: dict, reference: Reference, *, steps: int 
     return row
 
 
+KEY_SITES = ("last", "mention_ends", "subject", "prompt")  # where `reachable_nll` may add a free δ
+
+
+def key_positions(cloze: Cloze, site: str) -> list[int]:
+    """The prompt positions of ``site``: the last subject token (ROME's key), the last token of every
+    subject mention, every subject token, or every prompt token."""
+    if site not in KEY_SITES:
+        raise ValueError(f"site={site!r}: expected one of {KEY_SITES}")
+    return {"last": [cloze.last], "mention_ends": list(cloze.mention_ends), "subject": sorted(cloze.subject),
+            "prompt": list(range(len(cloze.prompt)))}[site]
+
+
+def reachable_nll(bb, cloze: Cloze, layer: int, site: str = "last", *, steps: int = 100, lr: float = 0.5) -> float:
+    """The lowest mean NLL of the new object (nats/token) that Adam reaches with one free vector per
+    position of ``site`` added to ``blocks.<layer>.mlp_out``: no norm bound, no KL, no prefixes.
+
+    A diagnostic of ROME's premise on a model: if a free δ at the last subject token cannot make
+    the model produce the new object, no rank-one edit keyed there can (the edit's v* is such a δ,
+    bounded). MDLM: the fully masked canvas; ARM: teacher forcing."""
+    pos = key_positions(cloze, site)
+    if min(pos) < 0:
+        raise ValueError(f"site={site!r}: the cloze has no located subject mention")
+    P, n = len(cloze.prompt), len(cloze.new)
+    if bb.is_causal:
+        seq, look = list(cloze.prompt) + list(cloze.new[:-1]), P - 1
+    else:
+        seq, look = cloze.canvas(bb, "new"), P
+    ids = torch.tensor([seq], device=bb.device)
+    tgt = torch.tensor(cloze.new, device=bb.device)
+    rows, cols = torch.zeros(len(pos), dtype=torch.long, device=bb.device), torch.tensor(pos, device=bb.device)
+    delta = torch.zeros(len(pos), bb.hidden_size, device=bb.device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=lr)
+    best = float("inf")
+    for _ in range(steps + 1):
+        with bb.trace(f"blocks.{int(layer)}.mlp_out", edit=lambda _n, h: h.index_put((rows, cols), delta.to(h.dtype),
+                                                                                    accumulate=True)):
+            logits = bb.forward_logits(ids, None)
+        logp = torch.log_softmax(logits[0, look:look + n].float(), -1)
+        nll = -logp[torch.arange(n, device=bb.device), tgt].mean()
+        best = min(best, float(nll.detach()))
+        opt.zero_grad()
+        nll.backward()
+        opt.step()
+    return best
+
+
 # ----------------------------------------------------------------------------- one edit per request
 VARIANTS = ("uncorrected", "corrected", "control")
 METRICS = ("efficacy", "paraphrase", "specificity", "fluency", "margin")

@@ -69,6 +69,9 @@ FAMILIES = {f.name: f for f in [
            mask_id=151666),
     Family("llama", "model.embed_tokens", "model.layers", "self_attn", "mlp", "mlp.down_proj", shift_logits=True,
            model_types=("llama",), mask_id=811, notes="DiffuLLaMA: a Llama checkpoint run bidirectionally"),
+    Family("llama-causal", "model.embed_tokens", "model.layers", "self_attn", "mlp", "mlp.down_proj", causal=True,
+           notes="a Llama checkpoint as the autoregressive model it is (SmolLM2-135M, timerome.smollm2); "
+                 "never inferred: config model_type 'llama' means DiffuLLaMA"),
     Family("bert", "bert.embeddings.word_embeddings", "bert.encoder.layer", "attention.output.dense",
            "output.dense", "output.dense", masked_lm=True, model_types=("bert",), mask_tokens=("[MASK]",)),
     Family("modernbert", "model.embeddings.tok_embeddings", "model.layers", "attn", "mlp", "mlp.Wo",

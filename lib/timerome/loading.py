@@ -285,8 +285,13 @@ def tiny_names() -> list[str]:
 
 def load_backbone(name_or_path, *, trust_remote_code=False, device=None, dtype=None, family=None,
                   mask_id=None, prompt_template="{question}") -> Backbone:
-    """Load a tiny embedded model by name, a saved tiny model directory, or a hub/local HF model."""
+    """Load a tiny embedded model by name, a saved tiny model directory, ``"smollm2-135m"``
+    (`timerome.smollm2`), or a hub/local HF model."""
     as_dtype(dtype, allow_auto=True)  # a bad dtype fails before any loading
+    if str(name_or_path) == "smollm2-135m":  # a registry package's GGUF (timerome.smollm2)
+        from . import smollm2
+
+        return smollm2.load(device=device, dtype=dtype)
     path = Path(name_or_path)
     if (WEIGHTS_DIR / str(name_or_path) / "backbone.json").exists():
         return _load_tiny(WEIGHTS_DIR / str(name_or_path), device, dtype)
