@@ -160,13 +160,14 @@ def key_positions(cloze: Cloze, site: str) -> list[int]:
             "prompt": list(range(len(cloze.prompt)))}[site]
 
 
-def reachable_nll(bb, cloze: Cloze, layer: int, site: str = "last", *, steps: int = 100, lr: float = 0.5) -> float:
+def reachable_nll(bb, cloze: Cloze, layer: int, site: str = "last", *, steps: int = 100, lr: float = 0.5,
+                  tol: float = 1e-3) -> float:
     """The lowest mean NLL of the new object (nats/token) that Adam reaches with one free vector per
     position of ``site`` added to ``blocks.<layer>.mlp_out``: no norm bound, no KL, no prefixes.
 
     A diagnostic of ROME's premise on a model: if a free δ at the last subject token cannot make
     the model produce the new object, no rank-one edit keyed there can (the edit's v* is such a δ,
-    bounded). MDLM: the fully masked canvas; ARM: teacher forcing."""
+    bounded). MDLM: the fully masked canvas; ARM: teacher forcing. Stops early once below ``tol``."""
     pos = key_positions(cloze, site)
     if min(pos) < 0:
         raise ValueError(f"site={site!r}: the cloze has no located subject mention")
@@ -188,6 +189,8 @@ def reachable_nll(bb, cloze: Cloze, layer: int, site: str = "last", *, steps: in
         logp = torch.log_softmax(logits[0, look:look + n].float(), -1)
         nll = -logp[torch.arange(n, device=bb.device), tgt].mean()
         best = min(best, float(nll.detach()))
+        if best < tol:
+            break
         opt.zero_grad()
         nll.backward()
         opt.step()
