@@ -5,7 +5,9 @@ README's test command it runs once nbval has re-executed every notebook, which r
 ``tables/``. Exact string checks of printed tables would fail on a last-digit flip whenever a
 value's float32 round-off (model forwards differ with batch shape and thread count) reaches a
 rounding boundary; here every number is compared with a tolerance far above that error and far
-below any effect a table reports (`report.export_mismatches`). Wall-clock tables (``*_times.*``,
+below any effect a table reports (`report.export_mismatches`, relative tolerance `RTOL`: another CPU's
+float round-off, amplified by hundreds of optimisation steps, moves trained baselines' numbers by a few
+1e-4 relative, so 1e-4 was too tight across machines). Wall-clock tables (``*_times.*``,
 ``fig5_cost``: build seconds and peak memory of this machine, and ``fig5_overview``, whose cost row
 is read from it) and the claims ledger (not rebuilt by the tests) are left out.
 """
@@ -17,6 +19,7 @@ import pytest
 from timerome import report
 
 REPO = Path(__file__).resolve().parents[1]
+RTOL = 1e-3
 
 
 def _tables():
@@ -31,5 +34,5 @@ def test_exported_table_reproduces(rel):
     got = subprocess.run(["git", "show", f"HEAD:{rel}"], cwd=REPO, capture_output=True, text=True)
     if got.returncode != 0:
         pytest.skip(f"{rel} is not committed yet: nothing to compare with")
-    bad = report.export_mismatches((REPO / rel).read_text(), got.stdout, Path(rel).suffix[1:])
+    bad = report.export_mismatches((REPO / rel).read_text(), got.stdout, Path(rel).suffix[1:], rtol=RTOL)
     assert not bad, f"{rel} no longer reproduces the committed numbers:\n  " + "\n  ".join(bad[:10])
