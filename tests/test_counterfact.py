@@ -127,6 +127,12 @@ def test_restoring_one_position_is_the_positional_trace_cell(mdlm, reqs):
     assert all(len(e) == 2 for e in ends)  # the question and the answer prefix both name the author
     with pytest.raises(ValueError, match="inside its"):
         restore_effect(mdlm, facts[:1], tps[:1], [[tps[0].prompt_length]])
+    # with a window of layers, still the positional trace's cell (edge layers cut the window)
+    pos3 = ar_positional_trace(mdlm, facts, prompts=tps, modules=("mlp",), window=3)
+    one3 = restore_effect(mdlm, facts, tps, [e[-1:] for e in ends], modules=("mlp",), window=3)
+    for i, e in enumerate(ends):
+        np.testing.assert_allclose(one3["ie"][i], pos3.ie[i, :, e[-1], :], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(one3["ie"], one["ie"][:, :1])
 
 
 # ----------------------------------------------------------------------------- the correction's states

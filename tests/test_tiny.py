@@ -110,6 +110,20 @@ def test_logits_at_reads_only_the_asked_positions(tiny_tokenizer, causal):
     assert not bb.model.lm_head._forward_pre_hooks  # the selection hook is gone
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_logits_at_has_the_gradients_of_the_indexed_logits(tiny_tokenizer, causal):
+    bb = make_tiny_backbone(tiny_tokenizer, causal=causal)
+    x = torch.randint(5, len(tiny_tokenizer), (2, 9))
+    rows, cols = torch.tensor([0, 1, 1]), torch.tensor([8, 0, 4])
+    grads = []
+    for read in (lambda: bb.forward_logits_at(x, None, rows, cols), lambda: bb.forward_logits(x)[rows, cols]):
+        bb.model.zero_grad()
+        out = read()
+        torch.log_softmax(out, -1)[:, 7].sum().backward()
+        grads.append(bb.model.lm_head.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
+
+
 def test_embedded_tiny_names():
     from timerome.loading import tiny_names
     assert {"tiny-mdlm", "tiny-arm"} <= set(tiny_names())

@@ -144,16 +144,20 @@ class Backbone:
 
     @torch.no_grad()
     def logits_at(self, input_ids, attention_mask, rows, cols) -> torch.Tensor:
-        """[N, V]: ``logits(input_ids, attention_mask)[rows, cols]`` without the full [B, T, V].
+        """[N, V]: ``logits(input_ids, attention_mask)[rows, cols]`` without the full [B, T, V]."""
+        return self.forward_logits_at(input_ids, attention_mask, rows, cols)
 
-        The LM head is the biggest matmul of a small model's forward and a likelihood reads only the
-        masked answer positions, so the head is fed just those hidden states (a pre-hook). Models
+    def forward_logits_at(self, input_ids, attention_mask, rows, cols) -> torch.Tensor:
+        """`logits_at` with autograd left on (edit optimisation, gradient baselines).
+
+        The LM head is the biggest matmul of a small model's forward and a likelihood or a loss reads
+        only some positions, so the head is fed just those hidden states (a pre-hook). Models
         without a findable Linear head take the full path.
         """
         rows, cols = torch.as_tensor(rows, device=input_ids.device), torch.as_tensor(cols, device=input_ids.device)
         head = self._output_head()
         if head is None:
-            return self.logits(input_ids, attention_mask)[rows, cols]
+            return self.forward_logits(input_ids, attention_mask)[rows, cols]
         raw = (cols - 1).clamp(min=0) if self.family.shift_logits else cols  # Dream: i is scored at i-1
 
         def select(_name, h):

@@ -112,13 +112,12 @@ def run_backbone(column: Column, hp, methods, *, forget_split: str = "forget01",
             memory = hp.build_memory(bb, forget, layer=layer)
             label = f"TimeROME (α={hp.alpha:g}, q={hp.q})"
             frame = metrics.evaluate(bb, splits_, edit=lambda: memory.installed(bb), **eval_kw)
-        elif builders.KINDS[method] == "gradient":  # one training run per seed, scored at that seed
-            train = list(seeds)[:1] if train_once else list(seeds)
-            runs = [builders.build(method, builders.Context(bb, forget, seed=s, root=root, **ctx)) for s in train]
-            label = runs[0].label
-            scored = [list(seeds)] if train_once else [[s] for s in seeds]
+        elif builders.KINDS[method] == "gradient":
+            runs = builders.seed_runs(method, lambda s: builders.Context(bb, forget, seed=s, root=root, **ctx), seeds,
+                                      train_once)
+            label = runs[0][0].label
             frame = pd.concat([metrics.evaluate(r.backbone, splits_, **{**eval_kw, "seeds": ss})
-                               for r, ss in zip(runs, scored)], ignore_index=True)
+                               for r, ss in runs], ignore_index=True)
         else:
             try:
                 b = builders.build(method, builders.Context(bb, forget, root=root, **ctx))

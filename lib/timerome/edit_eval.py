@@ -185,8 +185,8 @@ def reachable_nll(bb, cloze: Cloze, layer: int, site: str = "last", *, steps: in
     for _ in range(steps + 1):
         with bb.trace(f"blocks.{int(layer)}.mlp_out", edit=lambda _n, h: h.index_put((rows, cols), delta.to(h.dtype),
                                                                                     accumulate=True)):
-            logits = bb.forward_logits(ids, None)
-        logp = torch.log_softmax(logits[0, look:look + n].float(), -1)
+            logits = bb.forward_logits_at(ids, None, torch.zeros(n, dtype=torch.long), torch.arange(look, look + n))
+        logp = torch.log_softmax(logits.float(), -1)
         nll = -logp[torch.arange(n, device=bb.device), tgt].mean()
         best = min(best, float(nll.detach()))
         if best < tol:

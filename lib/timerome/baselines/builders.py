@@ -107,6 +107,16 @@ def build(method: str, ctx: Context) -> Built:
     return _BUILDERS[KINDS[method] if KINDS[method] == "gradient" else method](method, ctx)
 
 
+def seed_runs(method: str, make_context: Callable[[int], Context], seeds, train_once: bool = False) -> list:
+    """A gradient method's training runs as [(Built, the seeds it is scored at)]: one run per seed,
+    scored at that seed, or with ``train_once`` one run at the first seed, scored at every seed
+    (its ± is then the estimator's alone, as for the deterministic edits)."""
+    seeds = list(seeds)
+    if train_once:
+        return [(build(method, make_context(seeds[0])), seeds)]
+    return [(build(method, make_context(s)), [s]) for s in seeds]
+
+
 def _timerome(method, ctx):
     o = ctx.option(method, alpha=2.0, q=4)
     mem = ctx.timerome_hparams.build_memory(ctx.backbone, ctx.forget, alpha=o["alpha"], q=o["q"])

@@ -67,16 +67,21 @@ def sequence_logprob(backbone, batch: Batch, draw=None) -> torch.Tensor:
     """[B] log pi(answer | prompt) with autograd: the one-draw ELBO for an MDLM (``draw`` from
     `draw_masks`), the exact token sum for a causal LM (``draw`` unused)."""
     att = None if bool(batch.attention.all()) else batch.attention
-    if backbone.is_causal:
-        logits = backbone.forward_logits(batch.ids, att)[:, :-1]  # position i predicts i + 1
-        lp = torch.log_softmax(logits.float(), -1).gather(2, batch.ids[:, 1:, None]).squeeze(2)
-        return (lp * batch.answer[:, 1:]).sum(1)
+    if backbone.is_causal:  # position i predicts i + 1: read the positions before each answer token
+        r, c = batch.answer[:, 1:].nonzero(as_tuple=True)
+        return _row_sums(backbone, batch.ids, att, r, c, batch.ids[r, c + 1])
     if draw is None:
         raise ValueError("sequence_logprob: a masked-diffusion backbone needs a draw (draw_masks)")
     masked, t = draw
+    r, c = masked.nonzero(as_tuple=True)
     x = torch.where(masked, backbone.mask_id, batch.ids)
-    lp = torch.log_softmax(backbone.forward_logits(x, att).float(), -1).gather(2, batch.ids[..., None]).squeeze(2)
-    return (lp * masked).sum(1) / t
+    return _row_sums(backbone, x, att, r, c, batch.ids[r, c]) / t
+
+
+def _row_sums(backbone, ids, att, r, c, target) -> torch.Tensor:
+    """[B] sum over the read positions (r, c) of each row of log p(target), autograd on."""
+    lp = torch.log_softmax(backbone.forward_logits_at(ids, att, r, c).float(), -1).gather(1, target[:, None])[:, 0]
+    return torch.zeros(ids.shape[0], dtype=lp.dtype, device=lp.device).index_add(0, r, lp)
 
 
 # --- the losses: each takes sequence log-likelihoods (or activations) and returns a scalar -------
