@@ -466,9 +466,9 @@ def optimize_delta(bb, r: Request, layer: int, hp: VHParams, prefixes) -> VStar:
     look_c = torch.tensor([o + p for o, p in zip(off, [lk for _, lk, _ in rows] + [kl_look])], device=dev)
     lab = [(i, off[i] + pos, tok) for i, (_, _, labels) in enumerate(rows) for pos, tok in labels]
     lab_r, lab_c, lab_t = (torch.tensor(x, device=dev) for x in zip(*lab))
-    read_r = torch.cat([lab_r, torch.tensor([len(rows)], device=dev)])
-    read_c = torch.cat([lab_c, torch.tensor([off[len(rows)] + kl_pos], device=dev)])
     n_rows, n_tgt = len(rows), len(r.target)
+    read_r = torch.cat([lab_r, torch.tensor([n_rows], device=dev)])  # the labels' positions, then the KL row's
+    read_c = torch.cat([lab_c, torch.tensor([off[n_rows] + kl_pos], device=dev)])
     # "partial": each row's mean NLL over its still-masked tokens, averaged over rows
     lab_w = (torch.tensor([1.0 / (n_rows * len(rows[i][2])) for i, _, _ in lab], device=dev)
              if hp.v_states == "partial" else None)
@@ -487,7 +487,7 @@ def optimize_delta(bb, r: Request, layer: int, hp: VHParams, prefixes) -> VStar:
     it = 0
     for it in range(hp.v_steps + 1):
         with bb.trace(point, edit=add):
-            logits = bb.forward_logits_at(ids, attention, read_r, read_c)  # the labels' rows, then the KL row's
+            logits = bb.forward_logits_at(ids, attention, read_r, read_c)
         logp = torch.log_softmax(logits[:-1].float(), -1)
         picked = logp.gather(1, lab_t[:, None])[:, 0]
         nll_t = -picked.sum() / (n_rows * n_tgt) if lab_w is None else -(picked * lab_w).sum()
